@@ -1,0 +1,29 @@
+# One command sets up and fits the bundled image; one sets up and runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# torch and torchvision must come as a matching pair (the CPU-only torch wheel cannot import
+# PyPI's torchvision); the CUDA build of this pair runs on CPU too.
+TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+demo: $(STAMP)
+	$(PY) train.py --config configs/quickstart.yaml --image examples/kodim23.png --out runs/demo --overwrite
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/render.py
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install $(TORCH_PAIR)
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,263 @@
+"""YAML -> typed, validated configuration.
+
+Layers, later ones winning: the defaults below, a YAML file (and the files it `extends`), then
+`--set a.b=c` overrides. Every mistake (unknown key, wrong type, value out of range) becomes one
+UserError line naming the key, the value and the file it came from. `configs/base.yaml` documents
+every key with these defaults; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+
+DEFAULTS = "<defaults>"
+CLI = "--set"
+
+
+class Section(BaseModel):
+    """Strict: no unknown keys, no silent type coercion (a string is never a number)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ImageConfig(Section):
+    path: Optional[str] = None
+    max_size: int = Field(256, ge=0)
+
+
+Colour = list[float]
+
+
+class TrianglesConfig(Section):
+    count: int = Field(200, ge=1)
+    init: Literal["random", "grid"] = "random"
+    size: float = Field(0.08, gt=0, le=2)
+    colors: Literal["target", "random"] = "target"
+    opacity: float = Field(0.7, gt=0, lt=1)
+    background: Union[Literal["white", "black", "mean"], Colour] = "mean"
+    learn_background: bool = True
+
+    @field_validator("background")
+    @classmethod
+    def _colour(cls, bg: Any) -> Any:
+        if isinstance(bg, list) and (len(bg) != 3 or not all(0 <= c <= 1 for c in bg)):
+            raise ValueError("background must be white, black, mean or [r, g, b] with values in [0, 1]")
+        return bg
+
+
+class RenderConfig(Section):
+    backend: Literal["auto", "torch", "reference"] = "auto"
+    sigma: float = Field(0.5, gt=0)
+    tile_size: int = Field(8, ge=1, le=256)
+    cutoff: float = Field(1e-6, gt=0, lt=0.5)
+
+
+class LearningRates(Section):
+    positions: float = Field(0.004, ge=0)
+    colors: float = Field(0.02, ge=0)
+    opacity: float = Field(0.03, ge=0)
+    background: float = Field(0.01, ge=0)
+
+
+class OptimConfig(Section):
+    iterations: int = Field(1000, ge=0)
+    lr: LearningRates = LearningRates()
+    betas: list[float] = [0.9, 0.999]
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas: list[float]) -> list[float]:
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError("betas must be two numbers in [0, 1)")
+        return betas
+
+
+class TermConfig(Section):
+    weight: float = Field(1.0, ge=0)
+
+
+class LossTerms(Section):
+    l1: Optional[TermConfig] = TermConfig()
+
+
+class LossConfig(Section):
+    type: Literal["fixed"] = "fixed"
+    terms: LossTerms = LossTerms()
+
+    @model_validator(mode="after")
+    def _some_term(self) -> "LossConfig":
+        if not self.active_terms():
+            raise ValueError("at least one loss term must be enabled")
+        return self
+
+    def active_terms(self) -> dict[str, TermConfig]:
+        return {name: cfg for name, cfg in self.terms if cfg is not None}
+
+
+class LogConfig(Section):
+    every: int = Field(10, ge=1)
+    gif_every: int = Field(10, ge=1)
+    progress_bar: bool = True
+
+
+class CheckpointConfig(Section):
+    every: int = Field(100, ge=1)
+
+
+class Config(Section):
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    image: ImageConfig = ImageConfig()
+    triangles: TrianglesConfig = TrianglesConfig()
+    render: RenderConfig = RenderConfig()
+    optim: OptimConfig = OptimConfig()
+    loss: LossConfig = LossConfig()
+    log: LogConfig = LogConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                values: dict[str, Any] | None = None, values_source: str = "command line") -> Config:
+    """Defaults <- YAML file (with its `extends` chain) <- `--set key=value` overrides <- `values`
+    (dotted keys set by other command-line options, such as --image)."""
+    layers = _read_chain(Path(path), ()) if path is not None else []
+    layers += [(_nest(*_parse_override(item)), CLI) for item in overrides]
+    layers += [(_nest(key, value), values_source) for key, value in (values or {}).items()]
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for data, source in layers:
+        _merge(merged, sources, data, source)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise UserError(_explain(exc, merged, sources)) from None
+
+
+def _read_chain(path: Path, seen: tuple[Path, ...]) -> list[tuple[dict, str]]:
+    """The file's mapping and those of the files it `extends`, the farthest ancestor first."""
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    resolved = path.resolve()
+    if resolved in seen:
+        raise UserError(f"{path}: extends itself through {' -> '.join(str(p) for p in seen)}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return [(data, str(path))]
+    if not isinstance(parent, str):
+        raise UserError(f"{path}: extends = {parent!r}: must be a file name")
+    return _read_chain(path.parent / parent, seen + (resolved,)) + [(data, str(path))]
+
+
+def _merge(into: dict, sources: dict[str, str], new: dict, source: str, prefix: str = "") -> None:
+    """Deep-merge `new` into `into` (mappings merge, everything else replaces) and record sources."""
+    for key, value in new.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], sources, value, source, dotted + ".")
+        else:
+            into[key] = _copy(value)
+            sources[dotted] = source
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"{CLI} {item!r}: expected key.path=value, e.g. render.sigma=0.3")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _nest(dotted: str, value: Any) -> dict:
+    out: Any = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def _explain(exc: ValidationError, data: dict, sources: dict[str, str]) -> str:
+    """One line for the first problem: file, key, value, and what is wrong."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
+    key = ".".join(loc) or "<top level>"
+    source = _source_of(loc, sources)
+    if err["type"] == "extra_forbidden":
+        known = _known_keys(loc[:-1])
+        hint = difflib.get_close_matches(loc[-1], known, n=1)
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; known keys: {', '.join(known)}"
+        return f"{source}: unknown key '{key}'{suggestion}"
+    value = _lookup(data, err["loc"][: len(loc)]) if loc else data
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{source}: {key} = {value!r}: {message}"
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic adds the tried union member (e.g. 'list[float]') to error locations."""
+    return isinstance(part, str) and ("[" in part or part.startswith("literal"))
+
+
+def _source_of(loc: list[str], sources: dict[str, str]) -> str:
+    for end in range(len(loc), 0, -1):
+        found = sources.get(".".join(loc[:end]))
+        if found:
+            return found
+    deeper = [s for k, s in sources.items() if k.startswith(".".join(loc) + ".")] if loc else []
+    return deeper[0] if deeper else DEFAULTS
+
+
+def _known_keys(loc: list[str]) -> list[str]:
+    model: Any = Config
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel inside Optional[...] or a plain annotation."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation
+
+
+def _lookup(data: Any, loc: tuple) -> Any:
+    for part in loc:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data

@@ -1,0 +1,125 @@
+"""The optimisation loop: render -> loss terms -> balancer -> backward -> Adam step.
+
+Nothing here knows which balancer, renderer or loss terms it runs, nor what is done with the
+results: observers (logging, checkpoints, progress bars) get a StepResult after each step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+from .config import Config
+from .errors import UserError
+from .init import initial_triangles
+from .loss import build_terms
+from .loss.balance import BalanceContext, build_balancer
+from .render import make_renderer
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss or the total became NaN/Inf; the parameters were not updated with it."""
+
+    def __init__(self, name: str, value: float, step: int) -> None:
+        super().__init__(f"loss term '{name}' became {value} at step {step}; parameters of the last good step kept")
+        self.name, self.value, self.step = name, value, step
+
+
+@dataclass
+class StepResult:
+    """What one step computed, from the parameters as they were before its update."""
+
+    step: int
+    losses: dict[str, float]
+    total: float
+    weights: dict[str, float]
+    render: torch.Tensor  # (B, 3, H, W), detached
+
+
+class Observer(Protocol):
+    def on_step(self, fitter: "Fitter", result: StepResult) -> None: ...
+
+
+class Fitter:
+    """Owns the parameters, optimiser and balancer for targets (B, 3, H, W)."""
+
+    def __init__(self, cfg: Config, target: torch.Tensor, background: torch.Tensor,
+                 mask: torch.Tensor | None = None) -> None:
+        self.cfg = cfg
+        self.target = target
+        self.mask = mask
+        self.height, self.width = target.shape[-2:]
+        generator = torch.Generator().manual_seed(cfg.seed)
+        self.triangles = initial_triangles(cfg.triangles, target.cpu(), background.cpu(), generator).to(target.device)
+        self.renderer = make_renderer(cfg.render)
+        self.terms = build_terms(cfg.loss)
+        self.balancer = build_balancer(cfg.loss).to(target.device)
+        groups = self.triangles.param_groups(cfg.optim.lr.model_dump())
+        balancer_params = [p for p in self.balancer.parameters() if p.requires_grad]
+        if balancer_params:
+            groups.append({"name": "balancer", "params": balancer_params, "lr": cfg.optim.lr.colors})
+        self.optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas))
+        self.context = BalanceContext(shared_params=[self.triangles.positions], iterations=cfg.optim.iterations)
+        self.step = 0
+
+    def render(self) -> torch.Tensor:
+        return self.renderer(self.triangles.scene(), self.height, self.width)
+
+    def train_step(self) -> StepResult:
+        pred = self.render()
+        losses = {name: term(pred, self.target, self.mask) for name, term in self.terms.items()}
+        total = self.balancer(losses, self.step, self.context)
+        for name, value in [*losses.items(), ("total", total)]:
+            if not torch.isfinite(value):
+                raise NonFiniteLoss(name, value.item(), self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        result = StepResult(
+            step=self.step,
+            losses={name: value.item() for name, value in losses.items()},
+            total=total.item(),
+            weights=self.balancer.get_loss_weights(),
+            render=pred.detach(),
+        )
+        self.step += 1
+        return result
+
+    def run(self, observers: list[Observer], should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Steps until the configured iteration count; False if stopped early by `should_stop`,
+        which is only asked between steps so a stop never splits an update."""
+        while self.step < self.cfg.optim.iterations:
+            if should_stop():
+                return False
+            result = self.train_step()
+            for observer in observers:
+                observer.on_step(self, result)
+        return True
+
+    def parameters_finite(self) -> bool:
+        return all(torch.isfinite(p).all() for p in self.triangles.parameters())
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "triangles": self.triangles.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "balancer": self.balancer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.triangles.load_state_dict(state["triangles"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.balancer.load_state_dict(state["balancer"])
+        self.step = int(state["step"])
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when available; asking for CUDA without it is the user's error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device = 'cuda' but no CUDA device is available; use device=auto or cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

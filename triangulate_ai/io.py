@@ -1,0 +1,123 @@
+"""Reading target images and writing files so that a crash never leaves half a file."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import UserError
+
+
+@dataclass
+class TargetImage:
+    """An image as premultiplied RGB plus alpha, so it can be composited onto any background.
+
+    colour: (H, W, 3) float32 in [0, 1], already multiplied by alpha.
+    alpha:  (H, W) float32 in [0, 1], or None for an opaque image.
+    """
+
+    path: Path
+    colour: np.ndarray
+    alpha: np.ndarray | None
+    original_size: tuple[int, int]  # (width, height) before any downscale
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.colour.shape[1], self.colour.shape[0]
+
+    def composite(self, background: np.ndarray) -> np.ndarray:
+        """(H, W, 3) RGB with the transparent parts showing `background` (3,)."""
+        if self.alpha is None:
+            return self.colour
+        return self.colour + (1.0 - self.alpha[..., None]) * background.astype(np.float32)
+
+
+def load_image(path: str | Path, max_size: int = 0) -> TargetImage:
+    """PNG/JPEG/... in grayscale, RGB or RGBA, 8 or 16 bit, downscaled (Lanczos) so that its
+    longer side is at most `max_size` (0 keeps it). Any problem is a UserError naming the path."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"image not found: {path}")
+    if path.is_dir():
+        raise UserError(f"image path is a directory, not a file: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            pixels = _to_float(img)
+    except UnidentifiedImageError:
+        raise UserError(f"not an image file (Pillow cannot identify it): {path}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+    height, width = pixels.shape[:2]
+    if pixels.shape[2] == 4:
+        alpha = pixels[..., 3]
+        colour = pixels[..., :3] * alpha[..., None]
+    else:
+        alpha, colour = None, pixels
+    scale = max_size / max(width, height) if max_size else 1.0
+    if scale < 1.0:
+        new = (max(1, round(width * scale)), max(1, round(height * scale)))
+        colour = np.stack([_resize(colour[..., c], new) for c in range(3)], axis=-1)
+        alpha = None if alpha is None else _resize(alpha, new)
+    if alpha is not None and alpha.min() >= 1.0:
+        alpha = None
+    return TargetImage(path, np.clip(colour, 0, 1).astype(np.float32),
+                       None if alpha is None else np.clip(alpha, 0, 1).astype(np.float32), (width, height))
+
+
+def _to_float(img: Image.Image) -> np.ndarray:
+    """(H, W, 3 or 4) float32 in [0, 1], keeping 16-bit grey precision."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        grey = np.asarray(img).astype(np.float32) / 65535.0
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if img.mode == "F":
+        return np.repeat(np.asarray(img, dtype=np.float32)[..., None], 3, axis=-1)
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
+    return np.asarray(img.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
+
+
+def _resize(channel: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(channel.astype(np.float32), mode="F").resize(size, Image.LANCZOS))
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> None:
+    """Write to a temporary file beside `path`, then rename over it: readers see old or new."""
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(raw)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: object) -> None:
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG encoding of an (H, W, 3) float image in [0, 1] or a uint8 image."""
+    pixels = image if image.dtype == np.uint8 else to_uint8(image)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_png(path: str | Path, image: np.ndarray) -> None:
+    write_atomic(path, png_bytes(image))

@@ -1,0 +1,34 @@
+"""Loss terms: each scores a render against the target as one scalar."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+
+class LossTerm(ABC):
+    """A named image loss. `mask` (B, 1, H, W) in [0, 1] restricts it to valid pixels."""
+
+    name: str = "term"
+
+    @abstractmethod
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        ...
+
+
+def masked_mean(per_pixel: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of a (B, C, H, W) map over all pixels, or over the mask's weight."""
+    if mask is None:
+        return per_pixel.mean()
+    weight = mask.expand_as(per_pixel)
+    return (per_pixel * weight).sum() / weight.sum().clamp_min(1e-8)
+
+
+class L1(LossTerm):
+    """Mean absolute error per channel and pixel."""
+
+    name = "l1"
+
+    def __call__(self, pred, target, mask=None):
+        return masked_mean((pred - target).abs(), mask)

@@ -1,0 +1,48 @@
+"""The Renderer interface every backend implements."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+
+from .scene import Scene
+
+# Largest alpha used in log-transmittance, so log(1 - alpha) stays finite in float32.
+MAX_ALPHA = 1.0 - 1e-6
+
+
+class Renderer(ABC):
+    """Draws a Scene as soft-edged triangles composited "over" in painter's order.
+
+    Coverage of a pixel by a triangle is sigmoid(signed_distance / sigma), sigma in pixels;
+    alpha = opacity * coverage; colour = alpha * rgb + (1 - alpha) * colour_below.
+    """
+
+    name: str = "renderer"
+
+    def __init__(self, sigma: float = 0.5) -> None:
+        if not sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        self.sigma = float(sigma)
+
+    @abstractmethod
+    def render(self, scene: Scene, height: int, width: int, return_alpha: bool = False):
+        """Returns (B, 3, H, W) colour, and (B, 1, H, W) accumulated alpha if asked."""
+
+    def __call__(self, scene: Scene, height: int, width: int, return_alpha: bool = False):
+        return self.render(scene, height, width, return_alpha)
+
+
+def pixel_centres(height: int, width: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H*W,) x and y coordinates of pixel centres, row-major."""
+    ys = torch.arange(height, device=device, dtype=dtype) + 0.5
+    xs = torch.arange(width, device=device, dtype=dtype) + 0.5
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return gx.reshape(-1), gy.reshape(-1)
+
+
+def support_radius(sigma: float, cutoff: float) -> float:
+    """Distance beyond which coverage sigmoid(-d/sigma) is below `cutoff`."""
+    return sigma * math.log((1.0 - cutoff) / cutoff)

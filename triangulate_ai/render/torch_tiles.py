@@ -1,0 +1,102 @@
+"""Tile-binned soft rasterizer in pure PyTorch (CPU and CUDA), the default backend.
+
+Each triangle is binned to the square tiles its bounding box touches, grown by the distance
+past which its coverage is below `cutoff`. Only (tile, triangle) pairs are evaluated, each on the
+tile's pixels, so the cost follows the area the triangles cover rather than T x H x W.
+Compositing is done in log-transmittance: for pair i in a tile, the light it receives from
+above is exp(sum of log(1 - alpha_j) over later triangles j in the same tile), a segmented
+reverse cumulative sum over the tile-sorted pair list.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import MAX_ALPHA, Renderer, support_radius
+from .scene import Scene
+from .sdf import signed_distance
+
+
+class TiledRenderer(Renderer):
+    name = "torch"
+
+    def __init__(self, sigma: float = 0.5, tile_size: int = 8, cutoff: float = 1e-6) -> None:
+        super().__init__(sigma)
+        if tile_size < 1:
+            raise ValueError(f"tile_size must be >= 1, got {tile_size}")
+        if not 0 < cutoff < 0.5:
+            raise ValueError(f"cutoff must be in (0, 0.5), got {cutoff}")
+        self.tile_size = int(tile_size)
+        self.cutoff = float(cutoff)
+
+    def _bin(self, verts: torch.Tensor, n_ty: int, n_tx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tile id, flat triangle id) of every pair, sorted by tile then painter's order."""
+        ts = self.tile_size
+        batch, count = verts.shape[:2]
+        grow = support_radius(self.sigma, self.cutoff)
+        flat = verts.detach().reshape(batch * count, 3, 2)
+        lo = flat.amin(dim=1) - grow - 0.5  # pixel centres sit at index + 0.5
+        hi = flat.amax(dim=1) + grow - 0.5
+        limits = flat.new_tensor([n_tx - 1, n_ty - 1])
+        t0 = torch.maximum(torch.floor(lo / ts), torch.zeros_like(lo))
+        t1 = torch.minimum(torch.floor(hi / ts), limits)
+        t0, t1 = t0.long(), t1.long()
+        span = (t1 - t0 + 1).clamp_min(0)  # (B*T, 2); zero where the box misses the canvas
+        n_pairs = span[:, 0] * span[:, 1]
+        tri = torch.repeat_interleave(torch.arange(batch * count, device=verts.device), n_pairs)
+        start = torch.cumsum(n_pairs, 0) - n_pairs
+        local = torch.arange(tri.numel(), device=verts.device) - start[tri]
+        width_t = span[tri, 0]
+        tx = t0[tri, 0] + local % width_t
+        ty = t0[tri, 1] + local // width_t
+        tile = (tri // count) * (n_ty * n_tx) + ty * n_tx + tx
+        tile, order = torch.sort(tile, stable=True)  # stable keeps painter's order per tile
+        return tile, tri[order]
+
+    def render(self, scene: Scene, height: int, width: int, return_alpha: bool = False):
+        ts = self.tile_size
+        verts = scene.to_pixels(height, width)
+        batch, count = verts.shape[:2]
+        device, dtype = verts.device, verts.dtype
+        n_ty, n_tx = -(-height // ts), -(-width // ts)
+        n_tiles = batch * n_ty * n_tx
+
+        tile, tri = self._bin(verts, n_ty, n_tx)
+        local = torch.arange(ts, device=device, dtype=dtype)
+        ly, lx = torch.meshgrid(local, local, indexing="ij")
+        ly, lx = ly.reshape(1, -1), lx.reshape(1, -1)  # (1, P)
+        in_image = tile % (n_ty * n_tx)
+        px = (in_image % n_tx).to(dtype)[:, None] * ts + lx + 0.5  # (N, P)
+        py = (in_image // n_tx).to(dtype)[:, None] * ts + ly + 0.5
+
+        sd = signed_distance(px, py, verts.reshape(-1, 3, 2)[tri])
+        alpha = scene.opacity.reshape(-1)[tri, None] * torch.sigmoid(sd / self.sigma)  # (N, P)
+        log_t = torch.log1p(-alpha.clamp(max=MAX_ALPHA))
+
+        # light reaching pair i from above = exp(sum of log_t over later pairs of the same tile);
+        # the cumulative sum runs over all tiles, so float64 keeps the differences exact.
+        csum = torch.cumsum(log_t.double(), 0)
+        counts = torch.unique_consecutive(tile, return_counts=True)[1]
+        last = torch.repeat_interleave(torch.cumsum(counts, 0) - 1, counts)
+        above = torch.exp((csum[last] - csum).to(dtype))
+        weight = alpha * above  # (N, P)
+
+        pixels = ts * ts
+        colour = torch.zeros(n_tiles, pixels, 3, device=device, dtype=dtype)
+        colour = colour.index_add(0, tile, weight[:, :, None] * scene.colors.reshape(-1, 3)[tri, None, :])
+        tile_log_t = torch.zeros(n_tiles, pixels, device=device, dtype=dtype).index_add(0, tile, log_t)
+        transmittance = torch.exp(tile_log_t)
+        bg = scene.background.repeat_interleave(n_ty * n_tx, dim=0)  # (n_tiles, 3)
+        colour = colour + transmittance[:, :, None] * bg[:, None, :]
+
+        image = _untile(colour, batch, n_ty, n_tx, ts, height, width)
+        if return_alpha:
+            return image, _untile((1 - transmittance)[:, :, None], batch, n_ty, n_tx, ts, height, width)
+        return image
+
+
+def _untile(values: torch.Tensor, batch: int, n_ty: int, n_tx: int, ts: int, height: int, width: int):
+    """(tiles, P, C) -> (B, C, H, W), cropping the padding of the last row/column of tiles."""
+    chans = values.shape[-1]
+    grid = values.reshape(batch, n_ty, n_tx, ts, ts, chans).permute(0, 5, 1, 3, 2, 4)
+    return grid.reshape(batch, chans, n_ty * ts, n_tx * ts)[:, :, :height, :width]

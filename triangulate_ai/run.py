@@ -1,0 +1,161 @@
+"""A run folder: metrics.jsonl, checkpoints, the progress GIF, the final exports and summary.
+
+The recorder observes the loop (Fitter) and never changes it. Everything it writes goes through
+atomic writes, and its own state (GIF frames, elapsed time, initial metrics) travels in the
+checkpoint so that a resumed run ends with the same files as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import __version__
+from .export import comparison_sheet, gif_bytes, rasterize_svg, scene_to_dict, svg_from_dict
+from .fit import Fitter, StepResult
+from .io import save_png, to_uint8, write_atomic, write_json
+from .metrics import flat_mean_psnr, image_quality, psnr_torch
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+GIF_MAX_SIDE = 256
+
+
+def to_numpy_image(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) tensor -> (H, W, 3) float32 array."""
+    return image.detach().float().cpu().permute(1, 2, 0).numpy()
+
+
+class RunRecorder:
+    """Writes everything a run leaves behind, into `folder`."""
+
+    def __init__(self, folder: Path, fitter: Fitter, target: np.ndarray) -> None:
+        self.folder = folder
+        self.target = target  # (H, W, 3) composited target, for metrics and comparisons
+        cfg = fitter.cfg
+        self.log_every, self.gif_every, self.ckpt_every = cfg.log.every, cfg.log.gif_every, cfg.checkpoint.every
+        self.iterations = cfg.optim.iterations
+        self.frames: list[np.ndarray] = []
+        self.elapsed = 0.0
+        self._clock = time.perf_counter()
+        self.initial = {**self._hard_quality(fitter), "psnr_flat_mean": flat_mean_psnr(fitter.target)}
+        self.last: StepResult | None = None
+
+    # --- observing the loop -------------------------------------------------------------
+    def on_step(self, fitter: Fitter, result: StepResult) -> None:
+        self.last = result
+        done = result.step + 1
+        if result.step % self.log_every == 0 or done == self.iterations:
+            self._append_metrics(result, fitter)
+        if result.step % self.gif_every == 0:
+            self.frames.append(_gif_frame(to_numpy_image(result.render[0])))
+        if done % self.ckpt_every == 0 and done < self.iterations:
+            self.save_checkpoint(fitter)
+
+    def _append_metrics(self, result: StepResult, fitter: Fitter) -> None:
+        record = {
+            "step": result.step,
+            "time_s": round(self._elapsed_now(), 3),
+            "total": result.total,
+            **{f"loss/{k}": v for k, v in result.losses.items()},
+            **{f"weight/{k}": v for k, v in result.weights.items()},
+            "psnr_soft": psnr_torch(result.render, fitter.target),
+        }
+        with open(self.folder / METRICS, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _elapsed_now(self) -> float:
+        return self.elapsed + time.perf_counter() - self._clock
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def save_checkpoint(self, fitter: Fitter) -> None:
+        """Atomic: a crash while writing leaves the previous checkpoint intact."""
+        if not fitter.parameters_finite():
+            return
+        state = {
+            "fitter": fitter.state_dict(),
+            "recorder": {"frames": self.frames, "elapsed": self._elapsed_now(), "initial": self.initial},
+            "version": __version__,
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_atomic(self.folder / CHECKPOINT, buffer.getvalue())
+
+    def resume(self, fitter: Fitter) -> None:
+        """Restore the fitter and this recorder from the folder's checkpoint; drop metric lines
+        logged after it, so they are not written twice."""
+        state = torch.load(self.folder / CHECKPOINT, map_location=fitter.target.device, weights_only=False)
+        fitter.load_state_dict(state["fitter"])
+        rec = state["recorder"]
+        self.frames, self.elapsed, self.initial = rec["frames"], rec["elapsed"], rec["initial"]
+        self._clock = time.perf_counter()
+        path = self.folder / METRICS
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] < fitter.step]
+            write_atomic(path, "".join(line + "\n" for line in kept))
+
+    # --- final outputs --------------------------------------------------------------------
+    def _hard_quality(self, fitter: Fitter) -> dict[str, float]:
+        data = scene_to_dict(fitter.triangles.scene(), fitter.height, fitter.width)
+        quality = image_quality(rasterize_svg(svg_from_dict(data)), self.target)
+        return {f"{k}_initial": v for k, v in quality.items()}
+
+    def finish(self, fitter: Fitter, completed: bool, device: torch.device) -> dict:
+        """Write final.png, compare.png, triangles.json/.svg, progress.gif, checkpoint, summary."""
+        wall = self._elapsed_now()
+        self.save_checkpoint(fitter)
+        with torch.no_grad():
+            soft = to_numpy_image(fitter.render()[0])
+        data = scene_to_dict(fitter.triangles.scene(), fitter.height, fitter.width)
+        svg = svg_from_dict(data)
+        hard = rasterize_svg(svg)
+        write_json(self.folder / "triangles.json", data)
+        write_atomic(self.folder / "triangles.svg", svg)
+        save_png(self.folder / "final.png", hard)
+        save_png(self.folder / "compare.png", comparison_sheet(self.target, hard))
+        write_atomic(self.folder / "progress.gif", gif_bytes(self.frames + [_gif_frame(hard)]))
+        quality = image_quality(hard, self.target)
+        soft_quality = image_quality(soft, self.target)
+        cfg = fitter.cfg
+        summary = {
+            "image": cfg.image.path,
+            "width": fitter.width,
+            "height": fitter.height,
+            "triangles": fitter.triangles.count,
+            "psnr": quality["psnr"],
+            "ssim": quality["ssim"],
+            "metrics_on": "triangles.svg rasterised by resvg (hard edges, anti-aliased)",
+            "psnr_soft": soft_quality["psnr"],
+            "ssim_soft": soft_quality["ssim"],
+            **self.initial,
+            "iterations": fitter.step,
+            "iterations_planned": self.iterations,
+            "completed": completed,
+            "final_losses": self.last.losses if self.last else {},
+            "final_loss_weights": self.last.weights if self.last else {},
+            "wall_time_s": round(wall, 3),
+            "seconds_per_iteration": round(wall / max(fitter.step, 1), 5),
+            "seed": cfg.seed,
+            "backend": fitter.renderer.name,
+            "device": str(device),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "triangulate_ai": __version__},
+        }
+        write_json(self.folder / "summary.json", summary)
+        return summary
+
+
+def _gif_frame(image: np.ndarray) -> np.ndarray:
+    """uint8 frame, shrunk so the GIF stays small for large images."""
+    frame = Image.fromarray(to_uint8(image))
+    if max(frame.size) > GIF_MAX_SIDE:
+        frame.thumbnail((GIF_MAX_SIDE, GIF_MAX_SIDE), Image.LANCZOS)
+    return np.asarray(frame)
