@@ -20,7 +20,6 @@ bench: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(TORCH_PAIR)
 	$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)

@@ -9,6 +9,7 @@ every key with these defaults; a test keeps the two in step.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -18,6 +19,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import UserError
 
 DEFAULTS = "<defaults>"
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads 1e-3 as a float (YAML 1.1 wants 1.0e-3), as users write it."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 CLI = "--set"
 
 
@@ -151,7 +167,7 @@ def _read_chain(path: Path, seen: tuple[Path, ...]) -> list[tuple[dict, str]]:
     if resolved in seen:
         raise UserError(f"{path}: extends itself through {' -> '.join(str(p) for p in seen)}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
@@ -189,7 +205,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"{CLI} {item!r}: expected key.path=value, e.g. render.sigma=0.3")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = _safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
     return key, value

@@ -1,0 +1,37 @@
+"""Shared fixtures: small synthetic images and a quick config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def smooth_image(height: int = 64, width: int = 64, seed: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8 test picture with structure a few triangles can fit: blocks and a gradient."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    img = np.stack([xx, yy, 1 - xx], axis=-1) * 0.5
+    for _ in range(4):
+        y0, x0 = rng.integers(0, height // 2), rng.integers(0, width // 2)
+        img[y0:y0 + height // 3, x0:x0 + width // 3] = rng.random(3)
+    return (img * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image_path(tmp_path):
+    path = tmp_path / "target.png"
+    Image.fromarray(smooth_image()).save(path)
+    return path
+
+
+QUICK = [
+    "--set", "triangles.count=40",
+    "--set", "triangles.size=0.25",
+    "--set", "optim.iterations=40",
+    "--set", "optim.lr.positions=0.01",
+    "--set", "log.every=5",
+    "--set", "log.gif_every=5",
+    "--set", "checkpoint.every=10",
+    "--set", "log.progress_bar=false",
+]

@@ -1,0 +1,112 @@
+"""The loop: determinism, resume after a crash, non-finite losses, the balancer seam."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from triangulate_ai.config import load_config
+from triangulate_ai.fit import Fitter, NonFiniteLoss
+from triangulate_ai.loss.balance import BalanceContext, FixedBalancer
+from triangulate_ai.run import CHECKPOINT, METRICS, RunRecorder
+
+from .conftest import QUICK, smooth_image
+
+
+def _setup(tmp_path, *extra):
+    sets = [QUICK[i + 1] for i in range(0, len(QUICK), 2)] + list(extra)
+    cfg = load_config(None, sets)
+    target_np = smooth_image(32, 40).astype(np.float32) / 255
+    target = torch.from_numpy(target_np).permute(2, 0, 1)[None]
+    fitter = Fitter(cfg, target, target.mean(dim=(2, 3)))
+    tmp_path.mkdir(exist_ok=True)
+    return fitter, RunRecorder(tmp_path, fitter, target_np)
+
+
+class _Crash:
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step(self, fitter, result):
+        if result.step == self.at:
+            raise RuntimeError("simulated crash")
+
+
+def test_same_seed_same_result_and_different_seed_differs(tmp_path):
+    a, rec_a = _setup(tmp_path / "a")
+    b, rec_b = _setup(tmp_path / "b")
+    c, rec_c = _setup(tmp_path / "c", "seed=1")
+    for fitter, rec in [(a, rec_a), (b, rec_b), (c, rec_c)]:
+        fitter.run([rec])
+    assert torch.equal(a.triangles.positions, b.triangles.positions)
+    assert not torch.equal(a.triangles.positions, c.triangles.positions)
+
+
+def test_resume_after_a_crash_continues_from_the_last_checkpoint(tmp_path):
+    full, rec_full = _setup(tmp_path / "full")
+    full.run([rec_full])
+
+    crashed, rec = _setup(tmp_path / "crash")
+    with pytest.raises(RuntimeError, match="simulated"):
+        crashed.run([rec, _Crash(at=25)])  # checkpoints every 10 steps: the last one is at 20
+    logged = [json.loads(x)["step"] for x in (tmp_path / "crash" / METRICS).read_text().splitlines()]
+    assert logged[-1] == 25
+
+    again, rec_again = _setup(tmp_path / "crash")
+    rec_again.resume(again)
+    assert again.step == 20
+    logged = [json.loads(x)["step"] for x in (tmp_path / "crash" / METRICS).read_text().splitlines()]
+    assert logged == [0, 5, 10, 15]  # lines after the checkpoint are dropped, then rewritten
+    again.run([rec_again])
+    for p_full, p_again in zip(full.triangles.parameters(), again.triangles.parameters()):
+        assert torch.equal(p_full, p_again)
+    assert len(rec_again.frames) == len(rec_full.frames)
+
+
+def test_non_finite_loss_stops_before_updating_and_names_the_term(tmp_path):
+    fitter, rec = _setup(tmp_path)
+
+    class Poison:
+        name = "l1"
+
+        def __call__(self, pred, target, mask=None):
+            return (pred - target).abs().mean() * (float("nan") if fitter.step == 12 else 1.0)
+
+    fitter.terms = {"l1": Poison()}
+    with pytest.raises(NonFiniteLoss, match=r"loss term 'l1' became nan at step 12"):
+        fitter.run([rec])
+    assert fitter.step == 12 and fitter.parameters_finite()
+    assert (tmp_path / CHECKPOINT).is_file()
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["fitter"]["step"] == 10
+
+
+def test_fixed_balancer_weights_are_the_gradient_of_the_total():
+    balancer = FixedBalancer({"a": 0.5, "b": 3.0})
+    losses = {"a": torch.tensor(2.0, requires_grad=True), "b": torch.tensor(0.1, requires_grad=True)}
+    total = balancer(losses, step=0, ctx=BalanceContext())
+    assert total.item() == pytest.approx(0.5 * 2.0 + 3.0 * 0.1)
+    grads = torch.autograd.grad(total, list(losses.values()))
+    assert {k: g.item() for k, g in zip(losses, grads)} == balancer.get_loss_weights() == {"a": 0.5, "b": 3.0}
+
+
+def test_loop_only_talks_to_the_balancer_interface(tmp_path):
+    """Any Balancer works in the loop: here one whose weight depends on the step."""
+    fitter, rec = _setup(tmp_path)
+
+    class Ramp(FixedBalancer):
+        def forward(self, losses, step, ctx):
+            self.weights = {"l1": 1.0 + step}
+            return super().forward(losses, step, ctx)
+
+    fitter.balancer = Ramp({"l1": 1.0})
+    seen = []
+
+    class Watch:
+        def on_step(self, fitter, result):
+            seen.append(result.weights["l1"])
+
+    fitter.run([Watch()])
+    assert seen == [1.0 + s for s in range(40)]
