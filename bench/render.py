@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from triangulate_ai.config import RenderConfig  # noqa: E402
 from triangulate_ai.render import ReferenceRenderer, Scene, TiledRenderer  # noqa: E402
 
 DENSE_BYTES_LIMIT = 12e9 # skip the dense renderer where its autograd graph would not fit
@@ -42,7 +43,8 @@ def _measure(queue, backend: str, side: int, count: int, size: float, device: st
     torch.manual_seed(0)
     scene = random_scene(count, size, device)
     target = torch.rand(1, 3, side, side, device=device)
-    renderer = ReferenceRenderer(0.5) if backend == "dense" else TiledRenderer(0.5, 8)
+    cfg = RenderConfig()  # the defaults a fit uses
+    renderer = ReferenceRenderer(cfg.sigma) if backend == "dense" else TiledRenderer(cfg.sigma, cfg.tile_size, cfg.cutoff)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

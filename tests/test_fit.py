@@ -110,3 +110,20 @@ def test_loop_only_talks_to_the_balancer_interface(tmp_path):
 
     fitter.run([Watch()])
     assert seen == [1.0 + s for s in range(40)]
+
+
+def test_long_fit_on_the_example_is_bitwise_reproducible():
+    """Many pairs per tile and many steps: where a nondeterministic CPU scatter would show."""
+    from pathlib import Path
+
+    from triangulate_ai.io import load_image
+
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "quickstart.yaml", ["optim.iterations=150"])
+    image = load_image(Path(__file__).parent.parent / "examples" / "kodim23.png", 256)
+    target = torch.from_numpy(image.colour).permute(2, 0, 1)[None]
+    runs = []
+    for _ in range(2):
+        fitter = Fitter(cfg, target, target.mean(dim=(2, 3)))
+        fitter.run([])
+        runs.append(fitter.triangles.positions.detach())
+    assert torch.equal(runs[0], runs[1])

@@ -54,7 +54,7 @@ Colour = list[float]
 class TrianglesConfig(Section):
     count: int = Field(200, ge=1)
     init: Literal["random", "grid"] = "random"
-    size: float = Field(0.08, gt=0, le=2)
+    size: float = Field(0.12, gt=0, le=2)
     colors: Literal["target", "random"] = "target"
     opacity: float = Field(0.7, gt=0, lt=1)
     background: Union[Literal["white", "black", "mean"], Colour] = "mean"
@@ -70,13 +70,13 @@ class TrianglesConfig(Section):
 
 class RenderConfig(Section):
     backend: Literal["auto", "torch", "reference"] = "auto"
-    sigma: float = Field(0.5, gt=0)
+    sigma: float = Field(0.3, gt=0)
     tile_size: int = Field(8, ge=1, le=256)
     cutoff: float = Field(1e-6, gt=0, lt=0.5)
 
 
 class LearningRates(Section):
-    positions: float = Field(0.004, ge=0)
+    positions: float = Field(0.008, ge=0)
     colors: float = Field(0.02, ge=0)
     opacity: float = Field(0.03, ge=0)
     background: float = Field(0.01, ge=0)

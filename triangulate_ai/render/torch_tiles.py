@@ -69,8 +69,10 @@ class TiledRenderer(Renderer):
         px = (in_image % n_tx).to(dtype)[:, None] * ts + lx + 0.5  # (N, P)
         py = (in_image // n_tx).to(dtype)[:, None] * ts + ly + 0.5
 
-        sd = signed_distance(px, py, verts.reshape(-1, 3, 2)[tri])
-        alpha = scene.opacity.reshape(-1)[tri, None] * torch.sigmoid(sd / self.sigma)  # (N, P)
+        # index_select, not x[tri]: its backward (index_add) is deterministic on CPU, while the
+        # accumulating index_put behind x[tri] made runs of the same seed differ after ~100 steps.
+        sd = signed_distance(px, py, verts.reshape(-1, 3, 2).index_select(0, tri))
+        alpha = scene.opacity.reshape(-1, 1).index_select(0, tri) * torch.sigmoid(sd / self.sigma)  # (N, P)
         log_t = torch.log1p(-alpha.clamp(max=MAX_ALPHA))
 
         # light reaching pair i from above = exp(sum of log_t over later pairs of the same tile);
@@ -78,12 +80,12 @@ class TiledRenderer(Renderer):
         csum = torch.cumsum(log_t.double(), 0)
         counts = torch.unique_consecutive(tile, return_counts=True)[1]
         last = torch.repeat_interleave(torch.cumsum(counts, 0) - 1, counts)
-        above = torch.exp((csum[last] - csum).to(dtype))
+        above = torch.exp((csum.index_select(0, last) - csum).to(dtype))
         weight = alpha * above  # (N, P)
 
         pixels = ts * ts
         colour = torch.zeros(n_tiles, pixels, 3, device=device, dtype=dtype)
-        colour = colour.index_add(0, tile, weight[:, :, None] * scene.colors.reshape(-1, 3)[tri, None, :])
+        colour = colour.index_add(0, tile, weight[:, :, None] * scene.colors.reshape(-1, 3).index_select(0, tri)[:, None, :])
         tile_log_t = torch.zeros(n_tiles, pixels, device=device, dtype=dtype).index_add(0, tile, log_t)
         transmittance = torch.exp(tile_log_t)
         bg = scene.background.repeat_interleave(n_ty * n_tx, dim=0)  # (n_tiles, 3)
