@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import UserError
 
 DEFAULTS = "<defaults>"
+CLI = "--set"
 
 
 class _Loader(yaml.SafeLoader):
@@ -34,7 +35,6 @@ _Loader.add_implicit_resolver(
 
 def _safe_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-CLI = "--set"
 
 
 class Section(BaseModel):
@@ -221,7 +221,8 @@ def _nest(dotted: str, value: Any) -> dict:
 def _explain(exc: ValidationError, data: dict, sources: dict[str, str]) -> str:
     """One line for the first problem: file, key, value, and what is wrong."""
     err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
+    path = [p for p in err["loc"] if not _is_union_tag(p)]
+    loc = [str(p) for p in path]
     key = ".".join(loc) or "<top level>"
     source = _source_of(loc, sources)
     if err["type"] == "extra_forbidden":
@@ -229,7 +230,7 @@ def _explain(exc: ValidationError, data: dict, sources: dict[str, str]) -> str:
         hint = difflib.get_close_matches(loc[-1], known, n=1)
         suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; known keys: {', '.join(known)}"
         return f"{source}: unknown key '{key}'{suggestion}"
-    value = _lookup(data, err["loc"][: len(loc)]) if loc else data
+    value = _lookup(data, path)
     message = err["msg"].removeprefix("Value error, ")
     return f"{source}: {key} = {value!r}: {message}"
 
