@@ -44,7 +44,10 @@ def _measure(queue, backend: str, side: int, count: int, size: float, device: st
     scene = random_scene(count, size, device)
     target = torch.rand(1, 3, side, side, device=device)
     cfg = RenderConfig()  # the defaults a fit uses
-    renderer = ReferenceRenderer(cfg.sigma) if backend == "dense" else TiledRenderer(cfg.sigma, cfg.tile_size, cfg.cutoff)
+    if backend == "dense":
+        renderer = ReferenceRenderer(cfg.sigma)
+    else:
+        renderer = TiledRenderer(cfg.sigma, cfg.tile_size, cfg.cutoff)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -80,8 +80,9 @@ def _centres_inside(tri_px: np.ndarray, height: int, width: int, margin: float):
 def test_opaque_triangle_covers_exactly_the_pixel_centres_inside_it(renderer):
     height, width = 20, 30
     tri = np.array([[3.3, 2.1], [27.2, 6.4], [9.7, 18.6]])
-    scene = Scene(torch.tensor(tri / [width, height])[None, None], torch.tensor([[[1.0, 0.2, 0.0]]], dtype=torch.float64),
-                  torch.ones(1, 1, dtype=torch.float64), torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64))
+    f64 = {"dtype": torch.float64}
+    scene = Scene(torch.tensor(tri / [width, height])[None, None], torch.tensor([[[1.0, 0.2, 0.0]]], **f64),
+                  torch.ones(1, 1, **f64), torch.tensor([[0.0, 0.0, 1.0]], **f64))
     image = renderer(scene, height, width)[0].permute(1, 2, 0).numpy()
     inside, clear = _centres_inside(tri, height, width, margin=0.5)
     assert clear.sum() > 0.7 * height * width

@@ -52,7 +52,8 @@ def test_random_size_controls_spread():
     bg = resolve_background("white", target)
 
     def spread(size):
-        pos = initial_triangles(TrianglesConfig(count=200, size=size), target, bg, torch.Generator().manual_seed(0)).positions
+        cfg = TrianglesConfig(count=200, size=size)
+        pos = initial_triangles(cfg, target, bg, torch.Generator().manual_seed(0)).positions
         return (pos.amax(dim=2) - pos.amin(dim=2)).mean().item()
 
     assert spread(0.05) == pytest.approx(0.05 / 2, rel=0.1)  # mean range of 3 uniforms: half the width

@@ -85,7 +85,8 @@ class TiledRenderer(Renderer):
 
         pixels = ts * ts
         colour = torch.zeros(n_tiles, pixels, 3, device=device, dtype=dtype)
-        colour = colour.index_add(0, tile, weight[:, :, None] * scene.colors.reshape(-1, 3).index_select(0, tri)[:, None, :])
+        tri_colors = scene.colors.reshape(-1, 3).index_select(0, tri)
+        colour = colour.index_add(0, tile, weight[:, :, None] * tri_colors[:, None, :])
         tile_log_t = torch.zeros(n_tiles, pixels, device=device, dtype=dtype).index_add(0, tile, log_t)
         transmittance = torch.exp(tile_log_t)
         bg = scene.background.repeat_interleave(n_ty * n_tx, dim=0)  # (n_tiles, 3)
