@@ -34,4 +34,6 @@ QUICK = [
     "--set", "log.gif_every=5",
     "--set", "checkpoint.every=10",
     "--set", "log.progress_bar=false",
+    "--set", "eval.lpips.weights=random",
+    "--set", "eval.every=20",
 ]

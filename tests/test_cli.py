@@ -44,6 +44,9 @@ def test_fit_raises_psnr_by_a_real_margin(finished_run):
     for key in ["ssim", "psnr_soft", "wall_time_s", "triangles", "seed", "backend", "versions", "device"]:
         assert key in summary
     assert summary["backend"] == "torch" and summary["triangles"] == 40
+    assert summary["perceptual_weights"] == "random" and summary["lpips_meaningful"] is False
+    assert summary["network_weights"] == {"eval.lpips.weights": "random"}
+    assert 0 <= summary["lpips"] < summary["lpips_initial"]
 
 
 def test_run_folder_has_every_output(finished_run):
@@ -60,9 +63,14 @@ def test_run_folder_has_every_output(finished_run):
 
 def test_metrics_jsonl_has_one_record_per_logged_step(finished_run):
     records = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(0, 40, 5)) + [39]
+    assert [r["step"] for r in records] == list(range(0, 40, 5)) + [39, 40]
     assert {"total", "loss/l1", "weight/l1", "psnr_soft", "time_s"} <= set(records[0])
-    assert records[-1]["psnr_soft"] > records[0]["psnr_soft"]
+    assert records[-2]["psnr_soft"] > records[0]["psnr_soft"]
+    evaluated = [r["step"] for r in records if "eval/psnr" in r]
+    assert evaluated == [0, 20, 40]  # eval.every=20, and the final drawing
+    assert {"eval/psnr", "eval/ssim", "eval/lpips"} <= set(records[0])
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert records[-1]["eval/psnr"] == summary["psnr"] and records[0]["eval/psnr"] == summary["psnr_initial"]
 
 
 def test_svg_draws_the_same_picture_as_final_png_and_the_render(finished_run):

@@ -11,6 +11,7 @@ import torch
 from triangulate_ai.config import load_config
 from triangulate_ai.fit import Fitter, NonFiniteLoss
 from triangulate_ai.loss.balance import BalanceContext, FixedBalancer
+from triangulate_ai.metrics import Evaluator
 from triangulate_ai.run import CHECKPOINT, METRICS, RunRecorder
 
 from .conftest import QUICK, smooth_image
@@ -23,7 +24,7 @@ def _setup(tmp_path, *extra):
     target = torch.from_numpy(target_np).permute(2, 0, 1)[None]
     fitter = Fitter(cfg, target, target.mean(dim=(2, 3)))
     tmp_path.mkdir(exist_ok=True)
-    return fitter, RunRecorder(tmp_path, fitter, target_np)
+    return fitter, RunRecorder(tmp_path, fitter, Evaluator(target_np, None, torch.device("cpu")))
 
 
 class _Crash:

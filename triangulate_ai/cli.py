@@ -16,7 +16,7 @@ from .config import Config, load_config
 from .errors import UserError
 from .fit import Fitter, NonFiniteLoss, StepResult, resolve_device
 from .init import resolve_background
-from .metrics import psnr_torch
+from .metrics import Evaluator, psnr_torch
 from .io import TargetImage, load_image, write_atomic
 from .run import CHECKPOINT, RunRecorder
 
@@ -52,15 +52,18 @@ def _train(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.seed)
     target_np, target, background, mask = _prepare_target(image, cfg, device)
 
+    _warn_random_weights(cfg)
+    fitter = Fitter(cfg, target, background, mask)  # loads pretrained networks: may stop here
+    evaluator = Evaluator(target_np, cfg.eval.lpips, device)
     if args.resume is None:
         folder = _make_folder(folder, args.overwrite)
         write_atomic(folder / "config.yaml", cfg.to_yaml())
-    fitter = Fitter(cfg, target, background, mask)
-    recorder = RunRecorder(folder, fitter, target_np)
+    recorder = RunRecorder(folder, fitter, evaluator)
     if args.resume is not None:
         recorder.resume(fitter)
     print(f"fitting {image.path} ({image.size[0]}x{image.size[1]}) with {cfg.triangles.count} triangles, "
-          f"{fitter.renderer.name} renderer on {device}, {cfg.optim.iterations} iterations -> {folder}")
+          f"{fitter.renderer.name} renderer on {device}, {cfg.optim.iterations} iterations, "
+          f"loss {cfg.loss.type}({', '.join(fitter.terms)}) -> {folder}")
 
     progress = _Progress(cfg, fitter)
     stop = _StopRequest()
@@ -76,10 +79,21 @@ def _train(args: argparse.Namespace) -> int:
     if not completed:
         print(f"interrupted at step {fitter.step}: checkpoint and outputs saved; continue with "
               f"--resume {folder}")
-    print(f"PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.4f} (initial {summary['psnr_initial']:.2f} dB, "
+    lpips_text = "" if summary["lpips"] is None else \
+        f", LPIPS {summary['lpips']:.4f}{'' if summary['lpips_meaningful'] else ' (random network)'}"
+    print(f"PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.4f}{lpips_text} (initial {summary['psnr_initial']:.2f} dB, "
           f"flat mean colour {summary['psnr_flat_mean']:.2f} dB; soft render {summary['psnr_soft']:.2f} dB) "
           f"in {summary['wall_time_s']:.1f} s -> {folder}")
     return 0 if completed else EXIT_INTERRUPTED
+
+
+def _warn_random_weights(cfg: Config) -> None:
+    for key, weights in cfg.network_weights().items():
+        if weights == "random":
+            what = "the LPIPS metric is not meaningful" if key.startswith("eval.") else \
+                "its values are not comparable with pretrained ones"
+            print(f"warning: {key}=random: a randomly initialised network; {what} "
+                  "(recorded in summary.json)", file=sys.stderr)
 
 
 def _config_and_folder(args: argparse.Namespace) -> tuple[Config, Path]:

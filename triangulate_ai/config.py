@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import UserError
 
@@ -99,8 +99,57 @@ class TermConfig(Section):
     weight: float = Field(1.0, ge=0)
 
 
+VGG_BLOCKS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}  # convolutions per block
+
+
+def vgg_layer_names(arch: str) -> list[str]:
+    """Names of torchvision's VGG `features` modules in order: conv1_1, relu1_1, ..., pool5."""
+    names = []
+    for block, convs in enumerate(VGG_BLOCKS[arch], start=1):
+        for i in range(1, convs + 1):
+            names += [f"conv{block}_{i}", f"relu{block}_{i}"]
+        names.append(f"pool{block}")
+    return names
+
+
+class VggTermConfig(TermConfig):
+    arch: Literal["vgg16", "vgg19"] = "vgg16"
+    layers: list[str] = ["relu1_2", "relu2_2", "relu3_3", "relu4_3"]
+    layer_weights: Optional[list[float]] = None
+    distance: Literal["l1", "l2"] = "l1"
+    weights: str = "imagenet"
+
+    @field_validator("layers")
+    @classmethod
+    def _known_layers(cls, layers: list[str], info: ValidationInfo) -> list[str]:
+        known = vgg_layer_names(info.data.get("arch", "vgg16"))
+        unknown = [name for name in layers if name not in known]
+        if unknown or not layers:
+            raise ValueError(f"layers must be names of {info.data.get('arch', 'vgg16')} layers "
+                             f"({known[0]}, {known[1]}, ..., {known[-1]}); unknown: {unknown}")
+        return layers
+
+    @field_validator("layer_weights")
+    @classmethod
+    def _one_weight_per_layer(cls, weights: Optional[list[float]], info: ValidationInfo) -> Optional[list[float]]:
+        if weights is not None and len(weights) != len(info.data.get("layers", [])):
+            raise ValueError("layer_weights needs one number per entry of layers (or null for all 1)")
+        return weights
+
+
+class LpipsConfig(Section):
+    net: Literal["vgg", "alex", "squeeze"] = "vgg"
+    weights: str = "imagenet"
+
+
+class LpipsTermConfig(LpipsConfig):
+    weight: float = Field(1.0, ge=0)
+
+
 class LossTerms(Section):
     l1: Optional[TermConfig] = TermConfig()
+    vgg: Optional[VggTermConfig] = None
+    lpips: Optional[LpipsTermConfig] = None
 
 
 class LossConfig(Section):
@@ -123,6 +172,11 @@ class LogConfig(Section):
     progress_bar: bool = True
 
 
+class EvalConfig(Section):
+    every: int = Field(100, ge=1)
+    lpips: Optional[LpipsConfig] = LpipsConfig(net="alex")
+
+
 class CheckpointConfig(Section):
     every: int = Field(100, ge=1)
 
@@ -136,7 +190,16 @@ class Config(Section):
     optim: OptimConfig = OptimConfig()
     loss: LossConfig = LossConfig()
     log: LogConfig = LogConfig()
+    eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+
+    def network_weights(self) -> dict[str, str]:
+        """Weights setting of every pretrained network in use, by config key."""
+        found = {f"loss.terms.{name}.weights": term.weights
+                 for name, term in self.loss.active_terms().items() if hasattr(term, "weights")}
+        if self.eval.lpips is not None:
+            found["eval.lpips.weights"] = self.eval.lpips.weights
+        return found
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(), sort_keys=False)

@@ -55,6 +55,8 @@ class Fitter:
         self.triangles = initial_triangles(cfg.triangles, target.cpu(), background.cpu(), generator).to(target.device)
         self.renderer = make_renderer(cfg.render)
         self.terms = build_terms(cfg.loss)
+        for term in self.terms.values():
+            term.prepare(target.device, target.dtype)
         self.balancer = build_balancer(cfg.loss).to(target.device)
         groups = self.triangles.param_groups(cfg.optim.lr.model_dump())
         balancer_params = [p for p in self.balancer.parameters() if p.requires_grad]

@@ -1,5 +1,5 @@
-"""Image-quality metrics. Live PSNR is a one-liner on tensors; the reported PSNR and SSIM
-come from scikit-image on the final pictures."""
+"""Image-quality metrics. Live PSNR is a one-liner on tensors; the reported PSNR and SSIM come
+from scikit-image and LPIPS from the lpips package, on the final pictures."""
 
 from __future__ import annotations
 
@@ -9,11 +9,21 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from .config import LpipsConfig
+from .loss.perceptual import lpips_network
+
+LPIPS_SETTING = "eval.lpips.weights"
+
 
 def psnr_torch(pred: torch.Tensor, target: torch.Tensor) -> float:
     """PSNR in dB for images in [0, 1] (data range 1), for progress display and logs."""
     mse = torch.mean((pred.detach() - target) ** 2).item()
     return float("inf") if mse == 0 else -10.0 * math.log10(mse)
+
+
+def flat_mean_psnr(target: torch.Tensor) -> float:
+    """PSNR of the flat mean-colour image of each target: the floor any fit must clear."""
+    return psnr_torch(target.mean(dim=(2, 3), keepdim=True).expand_as(target), target)
 
 
 def image_quality(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
@@ -26,6 +36,26 @@ def image_quality(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     }
 
 
-def flat_mean_psnr(target: torch.Tensor) -> float:
-    """PSNR of the flat mean-colour image of each target: the floor any fit must clear."""
-    return psnr_torch(target.mean(dim=(2, 3), keepdim=True).expand_as(target), target)
+class Evaluator:
+    """PSNR, SSIM and (if configured) LPIPS of pictures against one fixed target.
+
+    LPIPS with a random backbone still runs, but `lpips_meaningful` is False so reports can
+    say that its values mean nothing."""
+
+    def __init__(self, target: np.ndarray, lpips_cfg: LpipsConfig | None, device: torch.device) -> None:
+        self.target = target
+        self.lpips_net = None if lpips_cfg is None else lpips_network(lpips_cfg, LPIPS_SETTING, device, torch.float32)
+        self.lpips_meaningful = lpips_cfg is not None and lpips_cfg.weights != "random"
+        self.device = device
+        self._target_tensor = self._tensor(target)
+
+    def _tensor(self, image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None].to(self.device)
+
+    def __call__(self, image: np.ndarray) -> dict[str, float]:
+        scores = image_quality(image, self.target)
+        if self.lpips_net is not None:
+            with torch.no_grad():
+                value = self.lpips_net(self._tensor(np.clip(image, 0, 1)), self._target_tensor, normalize=True)
+            scores["lpips"] = float(value.mean())
+        return scores

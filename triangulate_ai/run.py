@@ -21,7 +21,7 @@ from . import __version__
 from .export import comparison_sheet, gif_bytes, rasterize_svg, scene_to_dict, svg_from_dict
 from .fit import Fitter, StepResult
 from .io import save_png, to_uint8, write_atomic, write_json
-from .metrics import flat_mean_psnr, image_quality, psnr_torch
+from .metrics import Evaluator, flat_mean_psnr, psnr_torch
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -36,38 +36,49 @@ def to_numpy_image(image: torch.Tensor) -> np.ndarray:
 class RunRecorder:
     """Writes everything a run leaves behind, into `folder`."""
 
-    def __init__(self, folder: Path, fitter: Fitter, target: np.ndarray) -> None:
+    def __init__(self, folder: Path, fitter: Fitter, evaluator: Evaluator) -> None:
         self.folder = folder
-        self.target = target  # (H, W, 3) composited target, for metrics and comparisons
+        self.evaluator = evaluator
+        self.target = evaluator.target  # (H, W, 3) composited target, for metrics and comparisons
         cfg = fitter.cfg
         self.log_every, self.gif_every, self.ckpt_every = cfg.log.every, cfg.log.gif_every, cfg.checkpoint.every
+        self.eval_every = cfg.eval.every
         self.iterations = cfg.optim.iterations
         self.frames: list[np.ndarray] = []
         self.elapsed = 0.0
         self._clock = time.perf_counter()
-        self.initial = {**self._hard_quality(fitter), "psnr_flat_mean": flat_mean_psnr(fitter.target)}
+        # evaluation of the parameters at the start of step `pending[0]`, logged with that step
+        self.pending = (0, self._evaluate(fitter))
+        self.initial = {**{f"{k}_initial": v for k, v in self.pending[1].items()},
+                        "psnr_flat_mean": flat_mean_psnr(fitter.target)}
         self.last: StepResult | None = None
 
     # --- observing the loop -------------------------------------------------------------
     def on_step(self, fitter: Fitter, result: StepResult) -> None:
         self.last = result
         done = result.step + 1
+        record: dict = {}
         if result.step % self.log_every == 0 or done == self.iterations:
-            self._append_metrics(result, fitter)
+            record = {
+                "time_s": round(self._elapsed_now(), 3),
+                "total": result.total,
+                **{f"loss/{k}": v for k, v in result.losses.items()},
+                **{f"weight/{k}": v for k, v in result.weights.items()},
+                "psnr_soft": psnr_torch(result.render, fitter.target),
+            }
+        if self.pending is not None and self.pending[0] == result.step:
+            record.update({f"eval/{k}": v for k, v in self.pending[1].items()})
+            self.pending = None
+        if record:
+            self._append_metrics({"step": result.step, **record})
         if result.step % self.gif_every == 0:
             self.frames.append(_gif_frame(to_numpy_image(result.render[0])))
+        if done % self.eval_every == 0 and done < self.iterations:
+            self.pending = (done, self._evaluate(fitter))
         if done % self.ckpt_every == 0 and done < self.iterations:
             self.save_checkpoint(fitter)
 
-    def _append_metrics(self, result: StepResult, fitter: Fitter) -> None:
-        record = {
-            "step": result.step,
-            "time_s": round(self._elapsed_now(), 3),
-            "total": result.total,
-            **{f"loss/{k}": v for k, v in result.losses.items()},
-            **{f"weight/{k}": v for k, v in result.weights.items()},
-            "psnr_soft": psnr_torch(result.render, fitter.target),
-        }
+    def _append_metrics(self, record: dict) -> None:
         with open(self.folder / METRICS, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -96,6 +107,7 @@ class RunRecorder:
         rec = state["recorder"]
         self.frames, self.elapsed, self.initial = rec["frames"], rec["elapsed"], rec["initial"]
         self._clock = time.perf_counter()
+        self.pending = (fitter.step, self._evaluate(fitter)) if fitter.step % self.eval_every == 0 else None
         path = self.folder / METRICS
         if path.exists():
             kept = [line for line in path.read_text().splitlines()
@@ -103,10 +115,10 @@ class RunRecorder:
             write_atomic(path, "".join(line + "\n" for line in kept))
 
     # --- final outputs --------------------------------------------------------------------
-    def _hard_quality(self, fitter: Fitter) -> dict[str, float]:
+    def _evaluate(self, fitter: Fitter) -> dict[str, float]:
+        """Metrics of the current triangles as the exported SVG draws them."""
         data = scene_to_dict(fitter.triangles.scene(), fitter.height, fitter.width)
-        quality = image_quality(rasterize_svg(svg_from_dict(data)), self.target)
-        return {f"{k}_initial": v for k, v in quality.items()}
+        return self.evaluator(rasterize_svg(svg_from_dict(data)))
 
     def finish(self, fitter: Fitter, completed: bool, device: torch.device) -> dict:
         """Write final.png, compare.png, triangles.json/.svg, progress.gif, checkpoint, summary."""
@@ -122,9 +134,11 @@ class RunRecorder:
         save_png(self.folder / "final.png", hard)
         save_png(self.folder / "compare.png", comparison_sheet(self.target, hard))
         write_atomic(self.folder / "progress.gif", gif_bytes(self.frames + [_gif_frame(hard)]))
-        quality = image_quality(hard, self.target)
-        soft_quality = image_quality(soft, self.target)
+        quality = self.evaluator(hard)
+        soft_quality = self.evaluator(soft)
+        self._append_metrics({"step": fitter.step, **{f"eval/{k}": v for k, v in quality.items()}})
         cfg = fitter.cfg
+        networks = cfg.network_weights()
         summary = {
             "image": cfg.image.path,
             "width": fitter.width,
@@ -132,9 +146,14 @@ class RunRecorder:
             "triangles": fitter.triangles.count,
             "psnr": quality["psnr"],
             "ssim": quality["ssim"],
+            "lpips": quality.get("lpips"),
+            "lpips_meaningful": self.evaluator.lpips_meaningful,
             "metrics_on": "triangles.svg rasterised by resvg (hard edges, anti-aliased)",
             "psnr_soft": soft_quality["psnr"],
             "ssim_soft": soft_quality["ssim"],
+            "lpips_soft": soft_quality.get("lpips"),
+            "perceptual_weights": _weights_summary(networks),
+            "network_weights": networks,
             **self.initial,
             "iterations": fitter.step,
             "iterations_planned": self.iterations,
@@ -151,6 +170,15 @@ class RunRecorder:
         }
         write_json(self.folder / "summary.json", summary)
         return summary
+
+
+def _weights_summary(networks: dict[str, str]) -> str:
+    """`random` if any network is untrained (so no such result passes for a real one)."""
+    if not networks:
+        return "none"
+    if "random" in networks.values():
+        return "random"
+    return "imagenet" if set(networks.values()) == {"imagenet"} else "pretrained"
 
 
 def _gif_frame(image: np.ndarray) -> np.ndarray:

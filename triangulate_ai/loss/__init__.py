@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from ..config import LossConfig
+from .perceptual import LPIPSTerm, VGGPerceptual
 from .terms import L1, LossTerm
 
-TERMS: dict[str, type[LossTerm]] = {"l1": L1}
+TERMS: dict[str, Callable[[Any], LossTerm]] = {"l1": lambda cfg: L1(), "vgg": VGGPerceptual, "lpips": LPIPSTerm}
 
 
 def build_terms(cfg: LossConfig) -> dict[str, LossTerm]:
     """The enabled terms, in config order, keyed by name."""
-    return {name: TERMS[name]() for name in cfg.active_terms()}
+    return {name: TERMS[name](term_cfg) for name, term_cfg in cfg.active_terms().items()}

@@ -12,6 +12,10 @@ class LossTerm(ABC):
 
     name: str = "term"
 
+    def prepare(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Load whatever the term needs (pretrained networks) before the first step, so a
+        missing weights file stops the run before anything is written."""
+
     @abstractmethod
     def __call__(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         ...

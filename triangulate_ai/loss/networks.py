@@ -1,0 +1,90 @@
+"""Pretrained backbones for perceptual losses and metrics: loading, freezing, sharing.
+
+Weights are `imagenet` (torchvision's weights API and its cache in
+`torch.hub.get_dir()/checkpoints`), `random` (offline smoke runs; recorded as such), or a path to
+a state-dict file. A network is built once per (kind, weights, device, dtype) and shared between
+loss terms and metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+from ..errors import UserError
+
+# torchvision architecture -> its ImageNet weights enum member
+IMAGENET_WEIGHTS = {
+    "vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
+    "vgg19": torchvision.models.VGG19_Weights.IMAGENET1K_V1,
+    "alexnet": torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
+    "squeezenet1_1": torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1,
+}
+
+_SHARED: dict[tuple, nn.Module] = {}
+
+
+def weights_file(arch: str) -> Path:
+    """Where torchvision keeps (and looks for) the ImageNet weights of `arch`."""
+    url = IMAGENET_WEIGHTS[arch].url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def backbone_state(arch: str, weights: str, setting: str) -> dict[str, torch.Tensor] | None:
+    """State dict of a torchvision `arch` for a weights setting; None for `random`.
+
+    `setting` is the config key, named in errors (e.g. loss.terms.vgg.weights)."""
+    if weights == "random":
+        return None
+    if weights == "imagenet":
+        try:
+            return IMAGENET_WEIGHTS[arch].get_state_dict(progress=False, check_hash=True)
+        except Exception as exc:  # offline, refused, or a broken partial file
+            path = weights_file(arch)
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise UserError(
+                f"pretrained weights for {arch} are missing: {path.name} is not in {path.parent} and could "
+                f"not be downloaded ({reason}); copy {path.name} into {path.parent}, or set TORCH_HOME to a "
+                f"folder whose hub/checkpoints/ holds it, or give a file with {setting}=PATH, or use "
+                f"{setting}=random for an offline smoke run (results then are not comparable)") from None
+    path = Path(weights)
+    if not path.is_file():
+        raise UserError(f"{setting} = {weights!r}: no such weights file (expected imagenet, random or a path)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{setting} = {weights!r}: cannot load it as a state dict: {exc}") from None
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], rename: Callable[[str], str], source: str) -> None:
+    """Copy `state[rename(key)]` into every parameter/buffer of `module`; all must be present."""
+    own = module.state_dict()
+    try:
+        module.load_state_dict({key: state[rename(key)] for key in own})
+    except (KeyError, RuntimeError) as exc:
+        raise UserError(f"{source}: weights do not fit the network: {' '.join(str(exc).split())[:200]}") from None
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode, no parameter gradients: gradients flow to the image only."""
+    module.eval()
+    for param in module.parameters():
+        param.requires_grad_(False)
+    return module
+
+
+def shared(key: tuple, device: torch.device, dtype: torch.dtype, build: Callable[[], nn.Module]) -> nn.Module:
+    """The network for `key` on (device, dtype), built by `build` on first use."""
+    full_key = (*key, str(device), dtype)
+    if full_key not in _SHARED:
+        _SHARED[full_key] = freeze(build()).to(device=device, dtype=dtype)
+    return _SHARED[full_key]
+
+
+def clear_shared() -> None:
+    """Forget every shared network (tests, or to free memory)."""
+    _SHARED.clear()

@@ -1,0 +1,122 @@
+"""Perceptual loss terms: VGG feature distances (torchvision) and LPIPS (the lpips package).
+
+Both are frozen and shared per (device, dtype) through `networks.shared`; gradients reach the
+image only. A mask is honoured by showing the networks the target where the mask is 0, so
+masked-out pixels contribute no difference (the mean still runs over the whole image).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import lpips
+import torch
+import torchvision
+from torch import nn
+
+from ..config import LpipsConfig, VggTermConfig, vgg_layer_names
+from .networks import backbone_state, load_into, shared
+from .terms import LossTerm
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LPIPS_BACKBONES = {"vgg": "vgg16", "alex": "alexnet", "squeeze": "squeezenet1_1"}
+
+
+def _masked(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return pred if mask is None else pred * mask + target.detach() * (1 - mask)
+
+
+class VGGPerceptual(LossTerm):
+    """sum_l w_l * mean |phi_l(pred) - phi_l(target)| (or squared), phi_l VGG features after
+    ImageNet normalisation. Only the layers up to the deepest one asked for are built."""
+
+    name = "vgg"
+
+    def __init__(self, cfg: VggTermConfig, setting: str = "loss.terms.vgg.weights") -> None:
+        names = vgg_layer_names(cfg.arch)
+        self.cfg, self.setting = cfg, setting
+        self.indices = [names.index(layer) for layer in cfg.layers]
+        self.layer_weights = cfg.layer_weights or [1.0] * len(cfg.layers)
+        self.depth = max(self.indices) + 1
+        self._target: tuple | None = None
+
+    def network(self, device: torch.device, dtype: torch.dtype) -> nn.Sequential:
+        key = ("vgg", self.cfg.arch, self.cfg.weights, self.depth)
+        return shared(key, device, dtype, self._build)
+
+    def _build(self) -> nn.Sequential:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = getattr(torchvision.models, self.cfg.arch)(weights=None)
+        features = model.features[: self.depth]
+        for layer in features:
+            if isinstance(layer, nn.ReLU):
+                layer.inplace = False  # keep pre-activation outputs intact when conv layers are asked for
+        state = backbone_state(self.cfg.arch, self.cfg.weights, self.setting)
+        if state is not None:
+            load_into(features, state, lambda key: f"features.{key}", self.setting)
+        return features
+
+    def prepare(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.network(device, dtype)
+
+    def features(self, image: torch.Tensor) -> list[torch.Tensor]:
+        net = self.network(image.device, image.dtype)
+        mean = image.new_tensor(IMAGENET_MEAN)[:, None, None]
+        std = image.new_tensor(IMAGENET_STD)[:, None, None]
+        x, wanted, out = (image - mean) / std, set(self.indices), {}
+        for i, layer in enumerate(net):
+            x = layer(x)
+            if i in wanted:
+                out[i] = x
+        return [out[i] for i in self.indices]
+
+    def _target_features(self, target: torch.Tensor) -> list[torch.Tensor]:
+        """The target is fixed during a fit: compute its features once."""
+        cached = self._target
+        if cached is None or cached[0] is not target or cached[1] != target._version:
+            with torch.no_grad():
+                self._target = (target, target._version, self.features(target))
+        return self._target[2]
+
+    def __call__(self, pred, target, mask=None):
+        pred_feats = self.features(_masked(pred, target, mask))
+        total = pred.new_zeros(())
+        for weight, a, b in zip(self.layer_weights, pred_feats, self._target_features(target)):
+            diff = a - b
+            total = total + weight * (diff.abs().mean() if self.cfg.distance == "l1" else diff.square().mean())
+        return total
+
+
+def build_lpips(net: str, weights: str, setting: str) -> lpips.LPIPS:
+    """lpips.LPIPS with its calibrated linear heads (shipped in the lpips package) on a backbone
+    whose weights come from `backbone_state` (so offline runs say exactly what is missing)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
+    state = backbone_state(LPIPS_BACKBONES[net], weights, setting)
+    if state is not None:
+        # lpips splits torchvision's `features` into slices that keep the original indices
+        load_into(model.net, state, lambda key: "features." + key.split(".", 1)[1], setting)
+    return model
+
+
+def lpips_network(cfg: LpipsConfig, setting: str, device: torch.device, dtype: torch.dtype) -> lpips.LPIPS:
+    return shared(("lpips", cfg.net, cfg.weights), device, dtype, lambda: build_lpips(cfg.net, cfg.weights, setting))
+
+
+class LPIPSTerm(LossTerm):
+    """LPIPS distance (Zhang et al. 2018); images in [0, 1] are mapped to [-1, 1] by lpips."""
+
+    name = "lpips"
+
+    def __init__(self, cfg: LpipsConfig, setting: str = "loss.terms.lpips.weights") -> None:
+        self.cfg, self.setting = cfg, setting
+
+    def prepare(self, device: torch.device, dtype: torch.dtype) -> None:
+        lpips_network(self.cfg, self.setting, device, dtype)
+
+    def __call__(self, pred, target, mask=None):
+        net = lpips_network(self.cfg, self.setting, pred.device, pred.dtype)
+        return net(_masked(pred, target, mask), target, normalize=True).mean()
