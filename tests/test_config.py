@@ -92,3 +92,19 @@ def test_cli_config_error_exits_2_with_one_line(tmp_path, image_path, capsys):
     assert code == 2
     assert err.strip() == "error: --set: triangles.count = 0: Input should be greater than or equal to 1"
     assert not out.exists()
+
+
+def test_partial_override_of_a_section_keeps_that_section_defaults():
+    """A nested default must be its class's default, or `--set a.b=x` would reset a's other keys."""
+    from pydantic import BaseModel
+
+    def check(model: type[BaseModel], path: str) -> None:
+        for name, field in model.model_fields.items():
+            default = field.default
+            if isinstance(default, BaseModel):
+                assert default == type(default)(), f"{path}{name}"
+                check(type(default), f"{path}{name}.")
+
+    check(Config, "")
+    cfg = load_config(None, ["eval.lpips.weights=random"])
+    assert cfg.eval.lpips.net == "alex"

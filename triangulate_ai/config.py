@@ -172,9 +172,13 @@ class LogConfig(Section):
     progress_bar: bool = True
 
 
+class LpipsMetricConfig(LpipsConfig):
+    net: Literal["vgg", "alex", "squeeze"] = "alex"  # the usual choice for LPIPS as a metric
+
+
 class EvalConfig(Section):
     every: int = Field(100, ge=1)
-    lpips: Optional[LpipsConfig] = LpipsConfig(net="alex")
+    lpips: Optional[LpipsMetricConfig] = LpipsMetricConfig()
 
 
 class CheckpointConfig(Section):

@@ -55,8 +55,9 @@ class Fitter:
         self.triangles = initial_triangles(cfg.triangles, target.cpu(), background.cpu(), generator).to(target.device)
         self.renderer = make_renderer(cfg.render)
         self.terms = build_terms(cfg.loss)
-        for term in self.terms.values():
+        for name, term in self.terms.items():
             term.prepare(target.device, target.dtype)
+            _check_term(name, term, target, mask)
         self.balancer = build_balancer(cfg.loss).to(target.device)
         groups = self.triangles.param_groups(cfg.optim.lr.model_dump())
         balancer_params = [p for p in self.balancer.parameters() if p.requires_grad]
@@ -116,6 +117,18 @@ class Fitter:
         self.optimizer.load_state_dict(state["optimizer"])
         self.balancer.load_state_dict(state["balancer"])
         self.step = int(state["step"])
+
+
+def _check_term(name: str, term, target: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """Score the target against itself once, so a term that cannot handle this image (too small
+    for a network's pooling, say) stops the run before it starts."""
+    try:
+        with torch.no_grad():
+            term(target, target, mask)
+    except RuntimeError as exc:
+        height, width = target.shape[-2:]
+        raise UserError(f"loss term '{name}' cannot score a {width}x{height} image: "
+                        f"{' '.join(str(exc).split())}") from None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -10,6 +10,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from .config import LpipsConfig
+from .errors import UserError
 from .loss.perceptual import lpips_network
 
 LPIPS_SETTING = "eval.lpips.weights"
@@ -48,14 +49,23 @@ class Evaluator:
         self.lpips_meaningful = lpips_cfg is not None and lpips_cfg.weights != "random"
         self.device = device
         self._target_tensor = self._tensor(target)
+        try:
+            if self.lpips_net is not None:
+                self._lpips(target)
+        except RuntimeError as exc:
+            height, width = target.shape[:2]
+            raise UserError(f"the LPIPS metric ({lpips_cfg.net}) cannot score a {width}x{height} image "
+                            f"({' '.join(str(exc).split())}); use a larger image or eval.lpips=null") from None
 
     def _tensor(self, image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None].to(self.device)
 
+    def _lpips(self, image: np.ndarray) -> float:
+        with torch.no_grad():
+            return float(self.lpips_net(self._tensor(np.clip(image, 0, 1)), self._target_tensor, normalize=True).mean())
+
     def __call__(self, image: np.ndarray) -> dict[str, float]:
         scores = image_quality(image, self.target)
         if self.lpips_net is not None:
-            with torch.no_grad():
-                value = self.lpips_net(self._tensor(np.clip(image, 0, 1)), self._target_tensor, normalize=True)
-            scores["lpips"] = float(value.mean())
+            scores["lpips"] = self._lpips(image)
         return scores

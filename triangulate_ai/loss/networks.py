@@ -8,6 +8,7 @@ loss terms and metrics.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +27,16 @@ IMAGENET_WEIGHTS = {
 }
 
 _SHARED: dict[tuple, nn.Module] = {}
+RANDOM_WEIGHTS_SEED = 0
+
+
+@contextmanager
+def fixed_init():
+    """Build networks from a fixed RNG state, leaving the global one untouched: `random` weights
+    are then the same in every run, and networks of different depth share their first layers."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        yield
 
 
 def weights_file(arch: str) -> Path:

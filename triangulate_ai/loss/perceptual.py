@@ -15,7 +15,7 @@ import torchvision
 from torch import nn
 
 from ..config import LpipsConfig, VggTermConfig, vgg_layer_names
-from .networks import backbone_state, load_into, shared
+from .networks import backbone_state, fixed_init, load_into, shared
 from .terms import LossTerm
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,7 +46,7 @@ class VGGPerceptual(LossTerm):
         return shared(key, device, dtype, self._build)
 
     def _build(self) -> nn.Sequential:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), fixed_init():
             warnings.simplefilter("ignore")
             model = getattr(torchvision.models, self.cfg.arch)(weights=None)
         features = model.features[: self.depth]
@@ -92,7 +92,7 @@ class VGGPerceptual(LossTerm):
 def build_lpips(net: str, weights: str, setting: str) -> lpips.LPIPS:
     """lpips.LPIPS with its calibrated linear heads (shipped in the lpips package) on a backbone
     whose weights come from `backbone_state` (so offline runs say exactly what is missing)."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), fixed_init():
         warnings.simplefilter("ignore")
         model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
     state = backbone_state(LPIPS_BACKBONES[net], weights, setting)
