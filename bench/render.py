@@ -1,7 +1,10 @@
-"""Renderer speed and memory: forward+backward per iteration, dense reference vs tiled.
+"""Renderer speed and memory: forward+backward per iteration, dense reference vs tiled; and the
+cost of each loss term next to the render step.
 
 Prints JSON. Each measurement runs in a fresh process so its peak memory (max RSS on CPU,
-torch's peak allocation on CUDA) is its own. Speed is compared as tiled/dense in the same run.
+torch's peak allocation on CUDA) is its own. Speed is compared as tiled/dense, and as
+term/render, in the same run. Perceptual networks use random weights (speed does not depend on
+the values), so this runs offline.
 
     python bench/render.py [--device cpu|cuda] [--repeats 5] [--cases 128x100,256x500,512x2000]
 """
@@ -22,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from triangulate_ai.config import RenderConfig  # noqa: E402
+from triangulate_ai.config import LpipsTermConfig, RenderConfig, load_config  # noqa: E402
+from triangulate_ai.loss import build_terms  # noqa: E402
+from triangulate_ai.loss.perceptual import LPIPSTerm  # noqa: E402
 from triangulate_ai.render import ReferenceRenderer, Scene, TiledRenderer  # noqa: E402
 
 DENSE_BYTES_LIMIT = 12e9 # skip the dense renderer where its autograd graph would not fit
@@ -69,10 +74,54 @@ def _measure(queue, backend: str, side: int, count: int, size: float, device: st
     queue.put({"ms_per_iter": round(1000 * statistics.median(times), 2), "peak_mib": round(peak, 1)})
 
 
+def _timed(fn, device: str, repeats: int) -> float:
+    """Median milliseconds of fn() over `repeats` runs after one warm-up run."""
+    times = []
+    for i in range(repeats + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def _measure_terms(queue, side: int, count: int, size: float, device: str, repeats: int) -> None:
+    """Forward+backward of each loss term on a (1, 3, side, side) image, and of the render step
+    (tiled render + L1), in one process."""
+    scene = random_scene(count, size, device)
+    target = torch.rand(1, 3, side, side, device=device)
+    cfg = RenderConfig()
+    renderer = TiledRenderer(cfg.sigma, cfg.tile_size, cfg.cutoff)
+
+    def render_step():
+        (renderer(scene, side, side) - target).abs().mean().backward()
+
+    render_ms = _timed(render_step, device, repeats)
+    loss = load_config(None, ["loss.terms.vgg={weights: random}", "loss.terms.lpips={net: vgg, weights: random}"]).loss
+    terms = {"l1": None, "vgg16 relu1_2..relu4_3": None, "lpips vgg": None}
+    terms.update(zip(terms, build_terms(loss).values()))
+    terms["lpips alex"] = LPIPSTerm(LpipsTermConfig(net="alex", weights="random"))
+    image = torch.rand(1, 3, side, side, device=device, requires_grad=True)
+    out = {"render_step_ms": round(render_ms, 2), "terms": {}}
+    for name, term in terms.items():
+        term.prepare(torch.device(device), torch.float32)
+        ms = _timed(lambda: term(image, target).backward(), device, repeats)
+        out["terms"][name] = {"ms": round(ms, 2), "over_render_step": round(ms / render_ms, 3)}
+    queue.put(out)
+
+
 def measure(backend: str, side: int, count: int, size: float, device: str, repeats: int) -> dict:
+    return _in_fresh_process(_measure, backend, side, count, size, device, repeats)
+
+
+def _in_fresh_process(target, *args) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(queue, backend, side, count, size, device, repeats))
+    proc = ctx.Process(target=target, args=(queue, *args))
     proc.start()
     result = queue.get()
     proc.join()
@@ -87,6 +136,7 @@ def main() -> None:
     parser.add_argument("--cases", default="128x100,256x500,512x2000",
                         help="comma-separated SIDExTRIANGLES cases (square images)")
     parser.add_argument("--size", type=float, default=0.08, help="triangle spread, fraction of the side")
+    parser.add_argument("--terms-case", default="256x500", help="SIDExTRIANGLES for the loss-term costs")
     args = parser.parse_args()
 
     rows = []
@@ -101,8 +151,12 @@ def main() -> None:
             row["dense"] = "skipped: its graph would need more than 12 GB"
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
+    side, count = (int(v) for v in args.terms_case.split("x"))
+    terms = {"image": f"{side}x{side}", "triangles": count,
+             **_in_fresh_process(_measure_terms, side, count, args.size, args.device, args.repeats)}
+    print(json.dumps(terms), file=sys.stderr)
     print(json.dumps({"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                      "python": platform.python_version(), "results": rows}, indent=2))
+                      "python": platform.python_version(), "results": rows, "loss_terms": terms}, indent=2))
 
 
 if __name__ == "__main__":
