@@ -98,9 +98,9 @@ def test_loop_only_talks_to_the_balancer_interface(tmp_path):
     fitter, rec = _setup(tmp_path)
 
     class Ramp(FixedBalancer):
-        def forward(self, losses, step, ctx):
-            self.weights = {"l1": 1.0 + step}
-            return super().forward(losses, step, ctx)
+        def combine(self, losses, step, ctx):
+            self.term_weights = {"l1": 1.0 + step}
+            return super().combine(losses, step, ctx)
 
     fitter.balancer = Ramp({"l1": 1.0})
     seen = []

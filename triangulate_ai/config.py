@@ -97,6 +97,15 @@ class OptimConfig(Section):
 
 class TermConfig(Section):
     weight: float = Field(1.0, ge=0)
+    start_iter: int = Field(0, ge=0)
+    target_iter: int = Field(0, ge=0)
+
+    @field_validator("target_iter")
+    @classmethod
+    def _ramp_order(cls, target: int, info: ValidationInfo) -> int:
+        if target and target < info.data.get("start_iter", 0):
+            raise ValueError("target_iter must be 0 (no ramp) or >= start_iter")
+        return target
 
 
 VGG_BLOCKS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}  # convolutions per block
@@ -144,6 +153,8 @@ class LpipsConfig(Section):
 
 class LpipsTermConfig(LpipsConfig):
     weight: float = Field(1.0, ge=0)
+    start_iter: int = Field(0, ge=0)
+    target_iter: int = Field(0, ge=0)
 
 
 class LossTerms(Section):
@@ -152,15 +163,79 @@ class LossTerms(Section):
     lpips: Optional[LpipsTermConfig] = None
 
 
+BALANCER_OPTIONS = {
+    "fixed": (),
+    "scale_norm": ("ema_decay",),
+    "geometric_mean": ("epsilon", "min_loss_value", "regularization_weight", "dynamic_epsilon", "normalized"),
+    "uncertainty": ("lr", "init_log_var"),
+    "gradnorm": ("alpha", "lr", "shared_params", "warmup_steps"),
+    "cov": ("mean_mode", "mean_decay"),
+    "dynamic": ("enabled", "momentum", "adaptation_rate", "min_weight", "max_weight", "adaptation_threshold",
+                "baseline_iterations", "enable_monitoring"),
+    "dwa": ("window", "temperature"),
+    "hybrid": ("epsilon", "min_loss_value", "regularization_weight", "dynamic_epsilon", "lr", "init_log_var"),
+}
+
+
 class LossConfig(Section):
-    type: Literal["fixed"] = "fixed"
+    """The balancer (`type`) with its options flat beside it, as in seed 002's
+    `loss: {type: geometric_mean, epsilon: ...}`; an option of another method is an error."""
+
+    type: Literal["fixed", "scale_norm", "geometric_mean", "uncertainty", "gradnorm", "cov", "dynamic", "dwa",
+                  "hybrid"] = "fixed"
     terms: LossTerms = LossTerms()
+    # scale_norm
+    ema_decay: float = Field(0.9, ge=0, lt=1)
+    # geometric_mean, hybrid
+    epsilon: float = Field(1e-8, gt=0)
+    min_loss_value: float = Field(1e-4, ge=0)
+    regularization_weight: float = Field(0.01, ge=0)
+    dynamic_epsilon: bool = False
+    normalized: bool = False
+    # uncertainty, gradnorm, hybrid: learning rate of the balancer's own parameters
+    lr: float = Field(0.025, gt=0)
+    init_log_var: float = 0.0
+    # gradnorm
+    alpha: float = Field(1.5, ge=0)
+    shared_params: Literal["all", "positions"] = "all"
+    warmup_steps: int = Field(0, ge=0)
+    # cov
+    mean_mode: Literal["full", "decay"] = "full"
+    mean_decay: float = Field(0.9, gt=0, lt=1)
+    # dynamic (seed 001: keys, defaults and ranges of its table)
+    enabled: bool = True
+    momentum: float = Field(0.9, ge=0, le=1)
+    adaptation_rate: float = Field(0.01, ge=0.001, le=0.1)
+    min_weight: float = Field(1e-6, gt=0)
+    max_weight: float = Field(100.0, gt=0)
+    adaptation_threshold: float = Field(0.1, ge=0.01, le=1.0)
+    baseline_iterations: int = Field(100, ge=50, le=1000)
+    enable_monitoring: bool = True
+    # dwa
+    window: int = Field(1, ge=1)
+    temperature: float = Field(2.0, gt=0)
+
+    @field_validator("max_weight")
+    @classmethod
+    def _above_min(cls, value: float, info: ValidationInfo) -> float:
+        if value <= info.data.get("min_weight", 0):
+            raise ValueError("max_weight must be greater than min_weight")
+        return value
 
     @model_validator(mode="after")
     def _some_term(self) -> "LossConfig":
         if not self.active_terms():
             raise ValueError("at least one loss term must be enabled")
+        allowed = set(BALANCER_OPTIONS[self.type]) | {"type", "terms"}
+        foreign = sorted(self.model_fields_set - allowed)
+        if foreign:
+            owners = sorted({t for t, keys in BALANCER_OPTIONS.items() if foreign[0] in keys})
+            raise ValueError(f"'{foreign[0]}' is an option of {', '.join(owners)}, not of type {self.type}")
         return self
+
+    def options(self) -> dict:
+        """The options of the chosen balancer, by name."""
+        return {key: getattr(self, key) for key in BALANCER_OPTIONS[self.type]}
 
     def active_terms(self) -> dict[str, TermConfig]:
         return {name: cfg for name, cfg in self.terms if cfg is not None}
@@ -205,8 +280,15 @@ class Config(Section):
             found["eval.lpips.weights"] = self.eval.lpips.weights
         return found
 
+    def dump(self) -> dict:
+        """Every value, except the options of balancers other than the chosen one."""
+        data = self.model_dump()
+        keep = {"type", "terms", *BALANCER_OPTIONS[self.loss.type]}
+        data["loss"] = {key: value for key, value in data["loss"].items() if key in keep}
+        return data
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+        return yaml.safe_dump(self.dump(), sort_keys=False)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),

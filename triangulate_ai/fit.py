@@ -60,11 +60,14 @@ class Fitter:
             _check_term(name, term, target, mask)
         self.balancer = build_balancer(cfg.loss).to(target.device)
         groups = self.triangles.param_groups(cfg.optim.lr.model_dump())
-        balancer_params = [p for p in self.balancer.parameters() if p.requires_grad]
+        balancer_params = self.balancer.loop_parameters()
         if balancer_params:
-            groups.append({"name": "balancer", "params": balancer_params, "lr": cfg.optim.lr.colors})
+            groups.append({"name": "balancer", "params": balancer_params, "lr": self.balancer.lr})
         self.optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas))
-        self.context = BalanceContext(shared_params=[self.triangles.positions], iterations=cfg.optim.iterations)
+        shared = [self.triangles.positions]
+        if cfg.loss.shared_params == "all":
+            shared += [self.triangles.color_logits, self.triangles.opacity_logits]
+        self.context = BalanceContext(shared_params=shared, iterations=cfg.optim.iterations)
         self.step = 0
 
     def render(self) -> torch.Tensor:
@@ -73,10 +76,13 @@ class Fitter:
     def train_step(self) -> StepResult:
         pred = self.render()
         losses = {name: term(pred, self.target, self.mask) for name, term in self.terms.items()}
-        total = self.balancer(losses, self.step, self.context)
-        for name, value in [*losses.items(), ("total", total)]:
+        for name, value in losses.items():
             if not torch.isfinite(value):
                 raise NonFiniteLoss(name, value.item(), self.step)
+        total = self.balancer(losses, self.step, self.context)
+        if not torch.isfinite(total):
+            raise NonFiniteLoss("total", total.item(), self.step)
+        weights = self.balancer.get_loss_weights()  # as used by this step, before any update
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
@@ -84,7 +90,7 @@ class Fitter:
             step=self.step,
             losses={name: value.item() for name, value in losses.items()},
             total=total.item(),
-            weights=self.balancer.get_loss_weights(),
+            weights=weights,
             render=pred.detach(),
         )
         self.step += 1

@@ -8,12 +8,12 @@ from .base import BalanceContext, Balancer
 
 
 class FixedBalancer(Balancer):
-    def __init__(self, weights: dict[str, float]) -> None:
-        super().__init__(list(weights))
-        self.weights = dict(weights)
+    def __init__(self, weights: dict[str, float], ramps: dict[str, tuple[int, int]] | None = None) -> None:
+        super().__init__(list(weights), ramps)
+        self.term_weights = dict(weights)  # schedulable as loss.terms.<name>.weight
 
-    def forward(self, losses: dict[str, torch.Tensor], step: int, ctx: BalanceContext) -> torch.Tensor:
-        return sum(self.weights[name] * losses[name] for name in self.names)
+    def combine(self, losses: dict[str, torch.Tensor], step: int, ctx: BalanceContext) -> torch.Tensor:
+        return sum(self.term_weights[name] * losses[name] for name in self.names)
 
-    def get_loss_weights(self) -> dict[str, float]:
-        return dict(self.weights)
+    def weights(self) -> dict[str, float]:
+        return dict(self.term_weights)

@@ -1,0 +1,30 @@
+"""Uncertainty weighting (Kendall et al. 2018): total = sum_i 1/2 e^{-s_i} L_i + 1/2 s_i with
+learnable s_i = log sigma_i^2. At its stationary point e^{s_i} = L_i, i.e. weight 1/(2 L_i).
+Peers: LibMTL `weighting/UW.py`, Nash-MTL `methods/weight_methods.py` (s initialised at 0)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import BalanceContext, Balancer
+
+
+class UncertaintyBalancer(Balancer):
+    def __init__(self, names: list[str], lr: float = 0.025, init_log_var: float = 0.0, ramps=None) -> None:
+        super().__init__(names, ramps)
+        self.lr = lr
+        self.log_vars = nn.Parameter(torch.full((len(names),), float(init_log_var)))
+
+    def combine(self, losses, step, ctx):
+        s = self.log_vars
+        return sum(0.5 * torch.exp(-s[i]) * losses[n] + 0.5 * s[i] for i, n in enumerate(self.names))
+
+    def weights(self):
+        s = self.log_vars.detach().tolist()
+        out = {n: 0.5 * float(torch.exp(torch.tensor(-v))) for n, v in zip(self.names, s)}
+        out.update({f"log_var/{n}": v for n, v in zip(self.names, s)})
+        return out
+
+    def loop_parameters(self):
+        return [self.log_vars]
