@@ -35,7 +35,7 @@ class GeometricMeanBalancer(Balancer):
             return logs, {n: 1.0 / (vals[n] + eps) for n in self.names}
         count = len(self.names)
         mean = torch.exp(logs / count)
-        return mean, {n: float(mean) / (count * (vals[n] + eps)) for n in self.names}
+        return mean, {n: float(mean.detach()) / (count * (vals[n] + eps)) for n in self.names}
 
     def regulariser(self, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """w_reg * (m - L)^2 for losses below m = min_loss_value, and its gradient weights."""
