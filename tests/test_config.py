@@ -21,8 +21,8 @@ def test_base_yaml_documents_every_default():
     documented = {}
     for line in text.splitlines():
         stripped = line.strip()
-        if stripped.startswith("#  ") and ":" in stripped:
-            key, _, rest = stripped[3:].partition(":")
+        key, _, rest = stripped[3:].partition(":")
+        if stripped.startswith("#  ") and key.strip().isidentifier():
             documented.setdefault(key.strip(), yaml.safe_load(rest.split(" #")[0]))
     defaults = {**LossConfig().model_dump(), **VggTermConfig().model_dump(), **LpipsTermConfig().model_dump()}
     for key, value in defaults.items():

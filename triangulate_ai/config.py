@@ -241,6 +241,36 @@ class LossConfig(Section):
         return {name: cfg for name, cfg in self.terms if cfg is not None}
 
 
+class ScheduleConfig(Section):
+    type: Literal["piecewise", "linear", "cosine", "exponential"]
+    milestones: list[int] = []
+    values: list[float] = []
+    start_value: Optional[float] = None
+    end_value: Optional[float] = None
+    start_step: int = Field(0, ge=0)
+    end_step: Optional[int] = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "ScheduleConfig":
+        if self.type == "piecewise":
+            if len(self.values) != len(self.milestones) + 1 or self.milestones != sorted(self.milestones):
+                raise ValueError("piecewise needs increasing milestones and one more value than milestones")
+        elif self.start_value is None or self.end_value is None or self.end_step is None:
+            raise ValueError(f"{self.type} needs start_value, end_value and end_step (start_step defaults to 0)")
+        elif self.end_step < self.start_step:
+            raise ValueError("end_step must be >= start_step")
+        elif self.type == "exponential" and not (self.start_value > 0 and self.end_value > 0):
+            raise ValueError("exponential needs start_value and end_value > 0")
+        return self
+
+
+class RegularizerConfig(Section):
+    weight: float = Field(0.0, ge=0)
+    min_area: float = Field(1.0, gt=0)
+    min_quality: float = Field(0.1, gt=0, le=1)
+    margin: float = Field(0.05, ge=0)
+
+
 class LogConfig(Section):
     every: int = Field(10, ge=1)
     gif_every: int = Field(10, ge=1)
@@ -268,6 +298,8 @@ class Config(Section):
     render: RenderConfig = RenderConfig()
     optim: OptimConfig = OptimConfig()
     loss: LossConfig = LossConfig()
+    regularizer: RegularizerConfig = RegularizerConfig()
+    schedules: dict[str, ScheduleConfig] = {}
     log: LogConfig = LogConfig()
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()

@@ -11,12 +11,14 @@ from typing import Callable, Protocol
 
 import torch
 
-from .config import Config
+from .config import BALANCER_OPTIONS, Config, RegularizerConfig
 from .errors import UserError
 from .init import initial_triangles
 from .loss import build_terms
 from .loss.balance import BalanceContext, build_balancer
+from .regularizer import TriangleRegularizer
 from .render import make_renderer
+from .schedule import Schedules
 
 
 class NonFiniteLoss(RuntimeError):
@@ -36,6 +38,8 @@ class StepResult:
     total: float
     weights: dict[str, float]
     render: torch.Tensor  # (B, 3, H, W), detached
+    scheduled: dict[str, float]  # current value of every scheduled config path
+    regularizer: float | None  # the triangle regulariser (unweighted), when its weight is > 0
 
 
 class Observer(Protocol):
@@ -68,21 +72,49 @@ class Fitter:
         if cfg.loss.shared_params == "all":
             shared += [self.triangles.color_logits, self.triangles.opacity_logits]
         self.context = BalanceContext(shared_params=shared, iterations=cfg.optim.iterations)
+        self.regularizer = TriangleRegularizer(cfg.regularizer)
+        self.schedules = Schedules(cfg.schedules, {path: self._setter(path) for path in cfg.schedules})
         self.step = 0
+
+    def _setter(self, path: str) -> Callable[[float], None]:
+        """How a scheduled config path reaches the live object that uses it."""
+        parts = path.split(".")
+        groups = {group["name"]: group for group in self.optimizer.param_groups}
+        if path == "render.sigma":
+            return lambda v: setattr(self.renderer, "sigma", v)
+        if parts[:2] == ["optim", "lr"] and len(parts) == 3 and parts[2] in groups:
+            return lambda v: groups[parts[2]].__setitem__("lr", v)
+        if len(parts) == 2 and parts[0] == "loss" and parts[1] in BALANCER_OPTIONS[self.cfg.loss.type]:
+            return lambda v: setattr(self.balancer, parts[1], v)
+        term_weights = getattr(self.balancer, "term_weights", None)
+        if len(parts) == 4 and parts[:2] == ["loss", "terms"] and parts[3] == "weight" and term_weights \
+                and parts[2] in term_weights:
+            return lambda v: term_weights.__setitem__(parts[2], v)
+        if len(parts) == 2 and parts[0] == "regularizer" and parts[1] in RegularizerConfig.model_fields:
+            return lambda v: setattr(self.regularizer, parts[1], v)
+        raise UserError(f"schedules: '{path}' cannot be scheduled; schedulable: render.sigma, "
+                        f"optim.lr.<{'|'.join(groups)}>, loss.<option of loss.type {self.cfg.loss.type}>, "
+                        "loss.terms.<term>.weight (fixed, dynamic), regularizer.<weight|min_area|min_quality|margin>")
 
     def render(self) -> torch.Tensor:
         return self.renderer(self.triangles.scene(), self.height, self.width)
 
     def train_step(self) -> StepResult:
+        scheduled = self.schedules.apply(self.step)
         pred = self.render()
         losses = {name: term(pred, self.target, self.mask) for name, term in self.terms.items()}
         for name, value in losses.items():
             if not torch.isfinite(value):
                 raise NonFiniteLoss(name, value.item(), self.step)
         total = self.balancer(losses, self.step, self.context)
+        weights = self.balancer.get_loss_weights()  # as used by this step, before any update
+        regularizer = None
+        if self.regularizer.weight > 0:  # outside the balancer: it is not an image loss
+            penalty = self.regularizer(self.triangles.positions, self.height, self.width)
+            regularizer = penalty.item()
+            total = total + self.regularizer.weight * penalty
         if not torch.isfinite(total):
             raise NonFiniteLoss("total", total.item(), self.step)
-        weights = self.balancer.get_loss_weights()  # as used by this step, before any update
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
@@ -92,6 +124,8 @@ class Fitter:
             total=total.item(),
             weights=weights,
             render=pred.detach(),
+            scheduled=scheduled,
+            regularizer=regularizer,
         )
         self.step += 1
         return result

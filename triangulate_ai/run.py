@@ -65,6 +65,8 @@ class RunRecorder:
                 **{f"loss/{k}": v for k, v in result.losses.items()},
                 **{f"weight/{k}": v for k, v in result.weights.items()},
                 "psnr_soft": psnr_torch(result.render, fitter.target),
+                **({} if result.regularizer is None else {"regularizer": result.regularizer}),
+                **{f"schedule/{k}": v for k, v in result.scheduled.items()},
             }
         if self.pending is not None and self.pending[0] == result.step:
             record.update({f"eval/{k}": v for k, v in self.pending[1].items()})
