@@ -25,11 +25,6 @@ def _losses(*vals):
     return {n: torch.tensor(float(v), requires_grad=True) for n, v in zip(names, vals)}
 
 
-def _ctx_with_shared(losses):
-    """A shared parameter that every loss depends on, for GradNorm."""
-    return BalanceContext(shared_params=[])
-
-
 @pytest.mark.parametrize("kind", TYPES)
 def test_reported_weights_are_the_gradient_of_the_total(kind):
     """For every method and several steps: get_loss_weights()[term] == d total / d L_term."""
