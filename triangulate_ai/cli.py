@@ -58,33 +58,77 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume is None:
         folder = _make_folder(folder, args.overwrite)
         write_atomic(folder / "config.yaml", cfg.to_yaml())
-    recorder = RunRecorder(folder, fitter, evaluator)
+    recorder = RunRecorder(folder, fitter, evaluator, on_warning=_print_warning)
     if args.resume is not None:
         recorder.resume(fitter)
-    print(f"fitting {image.path} ({image.size[0]}x{image.size[1]}) with {cfg.triangles.count} triangles, "
-          f"{fitter.renderer.name} renderer on {device}, {cfg.optim.iterations} iterations, "
-          f"loss {cfg.loss.type}({', '.join(fitter.terms)}) -> {folder}")
+    print(banner(cfg, image, fitter, device, folder, resumed=args.resume is not None))
 
     progress = _Progress(cfg, fitter)
     stop = _StopRequest()
+    error = None
     try:
         with stop:
             completed = fitter.run([recorder, progress], stop.requested)
     except NonFiniteLoss as exc:
-        progress.close()
-        print(f"error: {exc}; last checkpoint kept in {folder / CHECKPOINT}", file=sys.stderr)
-        return 1
+        completed, error = False, str(exc)
     progress.close()
-    summary = recorder.finish(fitter, completed, device)
+    summary = recorder.finish(fitter, completed, device, error)
+    print(final_table(summary))
+    if error is not None:
+        print(f"error: {error}; checkpoint and outputs of step {fitter.step} written to {folder}", file=sys.stderr)
+        return 1
     if not completed:
-        print(f"interrupted at step {fitter.step}: checkpoint and outputs saved; continue with "
-              f"--resume {folder}")
-    lpips_text = "" if summary["lpips"] is None else \
-        f", LPIPS {summary['lpips']:.4f}{'' if summary['lpips_meaningful'] else ' (random network)'}"
-    print(f"PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.4f}{lpips_text} (initial {summary['psnr_initial']:.2f} dB, "
-          f"flat mean colour {summary['psnr_flat_mean']:.2f} dB; soft render {summary['psnr_soft']:.2f} dB) "
-          f"in {summary['wall_time_s']:.1f} s -> {folder}")
+        print(f"interrupted at step {fitter.step}: checkpoint and outputs saved; continue with --resume {folder}")
     return 0 if completed else EXIT_INTERRUPTED
+
+
+def _print_warning(warning: dict) -> None:
+    tqdm.write(f"warning: step {warning['step']}: {warning['message']}", file=sys.stderr)
+
+
+def banner(cfg: Config, image: TargetImage, fitter: Fitter, device: torch.device, folder: Path,
+           resumed: bool) -> str:
+    """One screen saying what is about to run."""
+    terms = ", ".join(f"{name} (weight {getattr(term, 'weight', 1.0):g})"
+                      for name, term in cfg.loss.active_terms().items())
+    options = ", ".join(f"{k}={v}" for k, v in cfg.loss.options().items()) or "no options"
+    schedules = ", ".join(f"{path} ({s.type})" for path, s in cfg.schedules.items()) or "none"
+    networks = ", ".join(f"{k}={v}" for k, v in cfg.network_weights().items()) or "none"
+    width, height = image.size
+    rows = [
+        ("image", f"{image.path} ({width}x{height}" + (f", from {image.original_size[0]}x{image.original_size[1]}"
+                                                       if image.original_size != image.size else "")
+         + (", alpha used as mask" if image.alpha is not None else "") + ")"),
+        ("triangles", f"{cfg.triangles.count}, init {cfg.triangles.init}, background {cfg.triangles.background}"),
+        ("renderer", f"{fitter.renderer.name}, sigma {cfg.render.sigma} px, on {device}"),
+        ("loss terms", terms),
+        ("balancer", f"{cfg.loss.type} ({options})"),
+        ("schedules", schedules),
+        ("regularizer", f"weight {cfg.regularizer.weight:g}" if cfg.regularizer.weight else "off"),
+        ("networks", networks),
+        ("run", f"{'resuming at step ' + str(fitter.step) + ' of ' if resumed else ''}{cfg.optim.iterations} "
+                f"iterations, checkpoint every {cfg.checkpoint.every} -> {folder}"),
+    ]
+    return "\n".join(f"  {key:<12}{value}" for key, value in rows)
+
+
+def final_table(summary: dict) -> str:
+    """The metrics of the run, initial and final, on the SVG drawing and the soft render."""
+    def row(label: str, psnr, ssim, lpips) -> str:
+        cells = [f"{psnr:8.2f}" if psnr is not None else f"{'':8}", f"{ssim:8.4f}" if ssim is not None else f"{'':8}",
+                 f"{lpips:8.4f}" if lpips is not None else f"{'':8}"]
+        return f"  {label:<14}" + "".join(cells)
+
+    lines = [f"  {'':<14}{'PSNR':>8}{'SSIM':>8}{'LPIPS':>8}",
+             row("initial", summary["psnr_initial"], summary["ssim_initial"], summary.get("lpips_initial")),
+             row("final (SVG)", summary["psnr"], summary["ssim"], summary["lpips"]),
+             row("soft render", summary["psnr_soft"], summary["ssim_soft"], summary["lpips_soft"]),
+             row("flat mean", summary["psnr_flat_mean"], None, None)]
+    if summary["lpips"] is not None and not summary["lpips_meaningful"]:
+        lines.append("  LPIPS from a randomly initialised network: not meaningful")
+    lines.append(f"  {summary['iterations']} iterations in {summary['wall_time_s']:.1f} s, "
+                 f"{len(summary['warnings'])} warning(s); summary.json has them all")
+    return "\n".join(lines)
 
 
 def _warn_random_weights(cfg: Config) -> None:

@@ -271,10 +271,36 @@ class RegularizerConfig(Section):
     margin: float = Field(0.05, ge=0)
 
 
+class TensorBoardConfig(Section):
+    enabled: bool = True
+    log_freq: int = Field(10, ge=1)
+    prefix: str = ""
+    log_train: bool = True
+    log_eval: bool = True
+    image_every: int = Field(100, ge=0)
+
+
+class WarningsConfig(Section):
+    enabled: bool = True
+    weight_min: float = Field(1e-6, ge=0)
+    weight_max: float = Field(1e4, gt=0)
+    oscillation_window: int = Field(10, ge=4)
+    oscillation_amplitude: float = Field(0.05, ge=0)
+    dominance: float = Field(0.9, gt=0, le=1)
+    loss_floor: float = Field(1e-6, ge=0)
+    regularizer_share: float = Field(1.0, gt=0)
+    jump_factor: float = Field(20.0, gt=1)
+    collapse_ratio: float = Field(0.1, gt=0, lt=1)
+    collapse_after: int = Field(50, ge=0)
+
+
 class LogConfig(Section):
     every: int = Field(10, ge=1)
     gif_every: int = Field(10, ge=1)
     progress_bar: bool = True
+    grad_norm_every: int = Field(0, ge=0)
+    tensorboard: TensorBoardConfig = TensorBoardConfig()
+    warnings: WarningsConfig = WarningsConfig()
 
 
 class LpipsMetricConfig(LpipsConfig):

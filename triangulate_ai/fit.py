@@ -40,6 +40,7 @@ class StepResult:
     render: torch.Tensor  # (B, 3, H, W), detached
     scheduled: dict[str, float]  # current value of every scheduled config path
     regularizer: float | None  # the triangle regulariser (unweighted), when its weight is > 0
+    grad_norms: dict[str, float] | None = None  # per-term gradient norm on the shared parameters
 
 
 class Observer(Protocol):
@@ -108,6 +109,8 @@ class Fitter:
                 raise NonFiniteLoss(name, value.item(), self.step)
         total = self.balancer(losses, self.step, self.context)
         weights = self.balancer.get_loss_weights()  # as used by this step, before any update
+        every = self.cfg.log.grad_norm_every
+        grad_norms = self._grad_norms(losses) if every and self.step % every == 0 else None
         regularizer = None
         if self.regularizer.weight > 0:  # outside the balancer: it is not an image loss
             penalty = self.regularizer(self.triangles.positions, self.height, self.width)
@@ -126,9 +129,19 @@ class Fitter:
             render=pred.detach(),
             scheduled=scheduled,
             regularizer=regularizer,
+            grad_norms=grad_norms,
         )
         self.step += 1
         return result
+
+    def _grad_norms(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        """||d L_i / d W|| over the shared parameters, one backward pass per term."""
+        params = [p for p in self.context.shared_params if p.requires_grad]
+        norms = {}
+        for name, loss in losses.items():
+            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            norms[name] = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
+        return norms
 
     def run(self, observers: list[Observer], should_stop: Callable[[], bool] = lambda: False) -> bool:
         """Steps until the configured iteration count; False if stopped early by `should_stop`,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import platform
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from .export import comparison_sheet, gif_bytes, rasterize_svg, scene_to_dict, s
 from .fit import Fitter, StepResult
 from .io import save_png, to_uint8, write_atomic, write_json
 from .metrics import Evaluator, flat_mean_psnr, psnr_torch
+from .monitor import TensorBoardSink, WarningMonitor
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -36,9 +39,11 @@ def to_numpy_image(image: torch.Tensor) -> np.ndarray:
 class RunRecorder:
     """Writes everything a run leaves behind, into `folder`."""
 
-    def __init__(self, folder: Path, fitter: Fitter, evaluator: Evaluator) -> None:
+    def __init__(self, folder: Path, fitter: Fitter, evaluator: Evaluator,
+                 on_warning: Callable[[dict], None] = lambda warning: None) -> None:
         self.folder = folder
         self.evaluator = evaluator
+        self.on_warning = on_warning
         self.target = evaluator.target  # (H, W, 3) composited target, for metrics and comparisons
         cfg = fitter.cfg
         self.log_every, self.gif_every, self.ckpt_every = cfg.log.every, cfg.log.gif_every, cfg.checkpoint.every
@@ -52,33 +57,67 @@ class RunRecorder:
         self.initial = {**{f"{k}_initial": v for k, v in self.pending[1].items()},
                         "psnr_flat_mean": flat_mean_psnr(fitter.target)}
         self.last: StepResult | None = None
+        log = cfg.log
+        self.tb_cfg = log.tensorboard
+        self.tensorboard = TensorBoardSink(folder / "tensorboard", log.tensorboard) if log.tensorboard.enabled else None
+        target_variance = float(fitter.target.var(dim=(2, 3)).mean())
+        self.monitor = WarningMonitor(log.warnings, list(fitter.terms), target_variance) \
+            if log.warnings.enabled else None
 
     # --- observing the loop -------------------------------------------------------------
     def on_step(self, fitter: Fitter, result: StepResult) -> None:
         self.last = result
-        done = result.step + 1
-        record: dict = {}
-        if result.step % self.log_every == 0 or done == self.iterations:
-            record = {
-                "time_s": round(self._elapsed_now(), 3),
-                "total": result.total,
-                **{f"loss/{k}": v for k, v in result.losses.items()},
-                **{f"weight/{k}": v for k, v in result.weights.items()},
-                "psnr_soft": psnr_torch(result.render, fitter.target),
-                **({} if result.regularizer is None else {"regularizer": result.regularizer}),
-                **{f"schedule/{k}": v for k, v in result.scheduled.items()},
-            }
-        if self.pending is not None and self.pending[0] == result.step:
-            record.update({f"eval/{k}": v for k, v in self.pending[1].items()})
-            self.pending = None
-        if record:
-            self._append_metrics({"step": result.step, **record})
-        if result.step % self.gif_every == 0:
+        step, done = result.step, result.step + 1
+        to_jsonl = step % self.log_every == 0 or done == self.iterations
+        to_board = self.tensorboard is not None and step % self.tb_cfg.log_freq == 0
+        evaluated = self.pending is not None and self.pending[0] == step
+        if to_jsonl or to_board or evaluated or result.grad_norms:
+            record = {"step": step, **self._train_record(fitter, result)}
+            if evaluated:
+                record.update({f"eval/{k}": v for k, v in self.pending[1].items()})
+                self.pending = None
+            self._emit(record, jsonl=to_jsonl or evaluated or bool(result.grad_norms),
+                       images=self._images(fitter, result), render=result.render)
+        if step % self.gif_every == 0:
             self.frames.append(_gif_frame(to_numpy_image(result.render[0])))
         if done % self.eval_every == 0 and done < self.iterations:
             self.pending = (done, self._evaluate(fitter))
         if done % self.ckpt_every == 0 and done < self.iterations:
             self.save_checkpoint(fitter)
+
+    def _train_record(self, fitter: Fitter, result: StepResult) -> dict:
+        record = {
+            "time_s": round(self._elapsed_now(), 3),
+            "total": result.total,
+            **{f"loss/{k}": v for k, v in result.losses.items()},
+            **{f"log_loss/{k}": math.log(v) for k, v in result.losses.items() if v > 0},
+            **{f"weight/{k}": v for k, v in result.weights.items()},
+            "psnr_soft": psnr_torch(result.render, fitter.target),
+            **{f"schedule/{k}": v for k, v in result.scheduled.items()},
+            **{f"grad_norm/{k}": v for k, v in (result.grad_norms or {}).items()},
+        }
+        if result.regularizer is not None:
+            record.update(regularizer=result.regularizer, regularizer_weight=fitter.regularizer.weight)
+        return record
+
+    def _images(self, fitter: Fitter, result: StepResult) -> dict[str, np.ndarray] | None:
+        every = self.tb_cfg.image_every
+        if self.tensorboard is None or not every or result.step % every:
+            return None
+        render = to_numpy_image(result.render[0])
+        error = np.abs(render - self.target).mean(axis=-1, keepdims=True).repeat(3, axis=-1)
+        return {"images/render": render, "images/abs_error": np.clip(error * 2, 0, 1)}
+
+    def _emit(self, record: dict, jsonl: bool = True, images=None, render: torch.Tensor | None = None) -> None:
+        """One step's record to metrics.jsonl, TensorBoard and the warning monitor."""
+        if jsonl:
+            self._append_metrics(record)
+        if self.tensorboard is not None:
+            self.tensorboard.write(record, images)
+        if self.monitor is not None:
+            variance = None if render is None else float(render[:1].var(dim=(2, 3)).mean())
+            for warning in self.monitor.check(record, variance):
+                self.on_warning(warning)
 
     def _append_metrics(self, record: dict) -> None:
         with open(self.folder / METRICS, "a") as handle:
@@ -94,7 +133,8 @@ class RunRecorder:
             return
         state = {
             "fitter": fitter.state_dict(),
-            "recorder": {"frames": self.frames, "elapsed": self._elapsed_now(), "initial": self.initial},
+            "recorder": {"frames": self.frames, "elapsed": self._elapsed_now(), "initial": self.initial,
+                         "warnings": self.warnings},
             "version": __version__,
         }
         buffer = io.BytesIO()
@@ -108,6 +148,9 @@ class RunRecorder:
         fitter.load_state_dict(state["fitter"])
         rec = state["recorder"]
         self.frames, self.elapsed, self.initial = rec["frames"], rec["elapsed"], rec["initial"]
+        if self.monitor is not None:
+            self.monitor.warnings[:] = rec.get("warnings", [])
+            self.monitor.restore_seen()
         self._clock = time.perf_counter()
         self.pending = (fitter.step, self._evaluate(fitter)) if fitter.step % self.eval_every == 0 else None
         path = self.folder / METRICS
@@ -122,7 +165,11 @@ class RunRecorder:
         data = scene_to_dict(fitter.triangles.scene(), fitter.height, fitter.width)
         return self.evaluator(rasterize_svg(svg_from_dict(data)))
 
-    def finish(self, fitter: Fitter, completed: bool, device: torch.device) -> dict:
+    @property
+    def warnings(self) -> list[dict]:
+        return [] if self.monitor is None else list(self.monitor.warnings)
+
+    def finish(self, fitter: Fitter, completed: bool, device: torch.device, error: str | None = None) -> dict:
         """Write final.png, compare.png, triangles.json/.svg, progress.gif, checkpoint, summary."""
         wall = self._elapsed_now()
         self.save_checkpoint(fitter)
@@ -138,7 +185,9 @@ class RunRecorder:
         write_atomic(self.folder / "progress.gif", gif_bytes(self.frames + [_gif_frame(hard)]))
         quality = self.evaluator(hard)
         soft_quality = self.evaluator(soft)
-        self._append_metrics({"step": fitter.step, **{f"eval/{k}": v for k, v in quality.items()}})
+        self._emit({"step": fitter.step, **{f"eval/{k}": v for k, v in quality.items()}})
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         cfg = fitter.cfg
         networks = cfg.network_weights()
         summary = {
@@ -160,6 +209,8 @@ class RunRecorder:
             "iterations": fitter.step,
             "iterations_planned": self.iterations,
             "completed": completed,
+            "error": error,
+            "warnings": self.warnings,
             "final_losses": self.last.losses if self.last else {},
             "final_loss_weights": self.last.weights if self.last else {},
             "wall_time_s": round(wall, 3),
