@@ -105,6 +105,7 @@ def banner(cfg: Config, image: TargetImage, fitter: Fitter, device: torch.device
         ("balancer", f"{cfg.loss.type} ({options})"),
         ("schedules", schedules),
         ("regularizer", f"weight {cfg.regularizer.weight:g}" if cfg.regularizer.weight else "off"),
+        ("modifiers", "Enabled loss modifiers: " + (", ".join(fitter.modifiers.names()) or "none")),
         ("networks", networks),
         ("run", f"{'resuming at step ' + str(fitter.step) + ' of ' if resumed else ''}{cfg.optim.iterations} "
                 f"iterations, checkpoint every {cfg.checkpoint.every} -> {folder}"),
@@ -159,6 +160,11 @@ def _prepare_target(image: TargetImage, cfg: Config, device: torch.device):
     """Composited target (numpy and (1, 3, H, W) tensor), background (1, 3) and mask or None."""
     colour = torch.from_numpy(image.colour).permute(2, 0, 1)[None]
     mask = None if image.alpha is None else torch.from_numpy(image.alpha)[None, None]
+    mask_file = cfg.modifiers.mask_ratio.mask_file
+    if mask_file is not None:  # white = valid, resized to the target
+        grey = load_image(mask_file).composite(np.zeros(3)).mean(axis=-1)
+        resized = torch.from_numpy(grey)[None, None]
+        mask = torch.nn.functional.interpolate(resized, size=colour.shape[-2:], mode="bilinear", align_corners=False)
     background = resolve_background(cfg.triangles.background, colour, mask)
     target_np = image.composite(background[0].numpy())
     target = torch.from_numpy(np.ascontiguousarray(target_np)).permute(2, 0, 1)[None]

@@ -271,6 +271,42 @@ class RegularizerConfig(Section):
     margin: float = Field(0.05, ge=0)
 
 
+class TargetSmoothingConfig(Section):
+    enabled: bool = False
+    sigma: float = Field(2.0, ge=0)
+
+
+class MaskRatioConfig(Section):
+    enabled: bool = False
+    power: float = Field(0.5, ge=0)
+    min_weight: float = Field(0.1, gt=0)
+    max_weight: float = Field(10.0, gt=0)
+    eps: float = Field(1e-8, gt=0)
+    mask_file: Optional[str] = None
+
+
+class EntropyConfig(Section):
+    enabled: bool = False
+    weight: float = Field(1.0, gt=0)
+    threshold: float = Field(0.0, ge=0)
+    eps: float = Field(1e-8, gt=0)
+    normalized: bool = True
+
+
+class EdgeConfig(Section):
+    enabled: bool = False
+    strength: float = Field(1.0, ge=0)
+
+
+class ModifiersConfig(Section):
+    """Opt-in, applied in this order: target_smoothing, mask_ratio, edge, entropy."""
+
+    target_smoothing: TargetSmoothingConfig = TargetSmoothingConfig()
+    mask_ratio: MaskRatioConfig = MaskRatioConfig()
+    edge: EdgeConfig = EdgeConfig()
+    entropy: EntropyConfig = EntropyConfig()
+
+
 class TensorBoardConfig(Section):
     enabled: bool = True
     log_freq: int = Field(10, ge=1)
@@ -325,6 +361,7 @@ class Config(Section):
     optim: OptimConfig = OptimConfig()
     loss: LossConfig = LossConfig()
     regularizer: RegularizerConfig = RegularizerConfig()
+    modifiers: ModifiersConfig = ModifiersConfig()
     schedules: dict[str, ScheduleConfig] = {}
     log: LogConfig = LogConfig()
     eval: EvalConfig = EvalConfig()

@@ -6,7 +6,7 @@ results: observers (logging, checkpoints, progress bars) get a StepResult after 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
@@ -16,6 +16,7 @@ from .errors import UserError
 from .init import initial_triangles
 from .loss import build_terms
 from .loss.balance import BalanceContext, build_balancer
+from .loss.modifiers import build_pipeline
 from .regularizer import TriangleRegularizer
 from .render import make_renderer
 from .schedule import Schedules
@@ -41,6 +42,7 @@ class StepResult:
     scheduled: dict[str, float]  # current value of every scheduled config path
     regularizer: float | None  # the triangle regulariser (unweighted), when its weight is > 0
     grad_norms: dict[str, float] | None = None  # per-term gradient norm on the shared parameters
+    modifier_metrics: dict[str, float] = field(default_factory=dict)  # loss_modifiers/<Modifier>.<metric>
 
 
 class Observer(Protocol):
@@ -74,6 +76,7 @@ class Fitter:
             shared += [self.triangles.color_logits, self.triangles.opacity_logits]
         self.context = BalanceContext(shared_params=shared, iterations=cfg.optim.iterations)
         self.regularizer = TriangleRegularizer(cfg.regularizer)
+        self.modifiers = build_pipeline(cfg.modifiers)
         self.schedules = Schedules(cfg.schedules, {path: self._setter(path) for path in cfg.schedules})
         self.step = 0
 
@@ -93,9 +96,14 @@ class Fitter:
             return lambda v: term_weights.__setitem__(parts[2], v)
         if len(parts) == 2 and parts[0] == "regularizer" and parts[1] in RegularizerConfig.model_fields:
             return lambda v: setattr(self.regularizer, parts[1], v)
+        modifier = next((m for m in self.modifiers.modifiers if len(parts) == 3 and parts[:2] == ["modifiers", m.key]
+                         and isinstance(getattr(m, parts[2], None), float)), None)
+        if modifier is not None:
+            return lambda v: setattr(modifier, parts[2], v)
         raise UserError(f"schedules: '{path}' cannot be scheduled; schedulable: render.sigma, "
                         f"optim.lr.<{'|'.join(groups)}>, loss.<option of loss.type {self.cfg.loss.type}>, "
-                        "loss.terms.<term>.weight (fixed, dynamic), regularizer.<weight|min_area|min_quality|margin>")
+                        "loss.terms.<term>.weight (fixed, dynamic), regularizer.<weight|min_area|min_quality|margin>, "
+                        "modifiers.target_smoothing.sigma, modifiers.edge.strength (when enabled)")
 
     def render(self) -> torch.Tensor:
         return self.renderer(self.triangles.scene(), self.height, self.width)
@@ -103,7 +111,7 @@ class Fitter:
     def train_step(self) -> StepResult:
         scheduled = self.schedules.apply(self.step)
         pred = self.render()
-        losses = {name: term(pred, self.target, self.mask) for name, term in self.terms.items()}
+        losses = self.compute_losses(pred)
         for name, value in losses.items():
             if not torch.isfinite(value):
                 raise NonFiniteLoss(name, value.item(), self.step)
@@ -130,9 +138,20 @@ class Fitter:
             scheduled=scheduled,
             regularizer=regularizer,
             grad_norms=grad_norms,
+            modifier_metrics=self.modifiers.metrics() if self.modifiers.active else {},
         )
         self.step += 1
         return result
+
+    def compute_losses(self, pred: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every term on this render; through the modifier pipeline when one is on (terms with a
+        per-pixel map get it modified, all terms see the modified target)."""
+        if not self.modifiers.active:
+            return {name: term(pred, self.target, self.mask) for name, term in self.terms.items()}
+        target = self.modifiers.prepare_target(self.target, self.step)
+        return {name: self.modifiers.reduce(term.per_pixel(pred, target), pred, target, self.mask)
+                if hasattr(term, "per_pixel") else term(pred, target, self.mask)
+                for name, term in self.terms.items()}
 
     def _grad_norms(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
         """||d L_i / d W|| over the shared parameters, one backward pass per term."""

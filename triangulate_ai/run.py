@@ -95,6 +95,7 @@ class RunRecorder:
             "psnr_soft": psnr_torch(result.render, fitter.target),
             **{f"schedule/{k}": v for k, v in result.scheduled.items()},
             **{f"grad_norm/{k}": v for k, v in (result.grad_norms or {}).items()},
+            **result.modifier_metrics,
         }
         if result.regularizer is not None:
             record.update(regularizer=result.regularizer, regularizer_weight=fitter.regularizer.weight)
@@ -173,8 +174,10 @@ class RunRecorder:
         """Write final.png, compare.png, triangles.json/.svg, progress.gif, checkpoint, summary."""
         wall = self._elapsed_now()
         self.save_checkpoint(fitter)
-        with torch.no_grad():
-            soft = to_numpy_image(fitter.render()[0])
+        with torch.no_grad(), fitter.modifiers.disabled():
+            render = fitter.render()
+            soft = to_numpy_image(render[0])
+            raw_losses = {name: float(loss) for name, loss in fitter.compute_losses(render).items()}
         data = scene_to_dict(fitter.triangles.scene(), fitter.height, fitter.width)
         svg = svg_from_dict(data)
         hard = rasterize_svg(svg)
@@ -212,6 +215,7 @@ class RunRecorder:
             "error": error,
             "warnings": self.warnings,
             "final_losses": self.last.losses if self.last else {},
+            "final_losses_unmodified": raw_losses,
             "final_loss_weights": self.last.weights if self.last else {},
             "wall_time_s": round(wall, 3),
             "seconds_per_iteration": round(wall / max(fitter.step, 1), 5),

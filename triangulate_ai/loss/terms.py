@@ -34,5 +34,9 @@ class L1(LossTerm):
 
     name = "l1"
 
+    def per_pixel(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss map before reduction, for the modifier pipeline."""
+        return (pred - target).abs()
+
     def __call__(self, pred, target, mask=None):
-        return masked_mean((pred - target).abs(), mask)
+        return masked_mean(self.per_pixel(pred, target), mask)

@@ -1,0 +1,73 @@
+"""The loss-modifier pipeline: opt-in modifiers in a fixed order, nothing at all when none is on.
+
+Order: target smoothing (changes the target every term sees), mask ratio weighting, edge
+weighting, error-entropy weighting (these three transform the per-pixel map of terms that have
+one: L1; VGG and LPIPS have no per-pixel map and see only the smoothed target).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from ...config import ModifiersConfig
+from ..terms import masked_mean
+from .base import Modifier
+from .edge import EdgeWeight
+from .entropy import EntropyWeight
+from .mask_ratio import MaskRatioWeight
+from .target_smoothing import TargetSmoothing
+
+__all__ = ["Modifier", "ModifierPipeline", "build_pipeline"]
+
+
+class ModifierPipeline:
+    def __init__(self, modifiers: list[Modifier]) -> None:
+        self.modifiers = modifiers
+        self.enabled = True
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and bool(self.modifiers)
+
+    @contextmanager
+    def disabled(self):
+        """Switch every modifier off for a while, e.g. to score raw losses."""
+        previous, self.enabled = self.enabled, False
+        try:
+            yield self
+        finally:
+            self.enabled = previous
+
+    def prepare_target(self, target: torch.Tensor, step: int) -> torch.Tensor:
+        for modifier in self.modifiers:
+            target = modifier.prepare_target(target, step)
+        return target
+
+    def reduce(self, per_pixel: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        """Modify a per-pixel loss map in order, then take its mean."""
+        for modifier in self.modifiers:
+            per_pixel = modifier.modify(per_pixel, pred, target, mask)
+        consumed = any(m.uses_mask for m in self.modifiers)
+        return per_pixel.mean() if consumed else masked_mean(per_pixel, mask)
+
+    def metrics(self) -> dict[str, float]:
+        return {f"loss_modifiers/{m.name}.{k}": v for m in self.modifiers for k, v in m.metrics.items()}
+
+    def names(self) -> list[str]:
+        return [m.name for m in self.modifiers]
+
+
+def build_pipeline(cfg: ModifiersConfig) -> ModifierPipeline:
+    """The enabled modifiers, in the fixed order."""
+    makers = {"target_smoothing": TargetSmoothing, "mask_ratio": MaskRatioWeight, "edge": EdgeWeight,
+              "entropy": EntropyWeight}
+    modifiers = []
+    for key, make in makers.items():
+        sub = getattr(cfg, key)
+        if sub.enabled:
+            modifiers.append(make(sub))
+            modifiers[-1].key = key  # its config name, for schedules (modifiers.<key>.<option>)
+    return ModifierPipeline(modifiers)

@@ -1,0 +1,44 @@
+"""Edge weighting: per-pixel weights from the target's gradient magnitude, so edges count more.
+
+g = Sobel magnitude of the target's luminance, scaled to [0, 1] per image; w = 1 + strength * g,
+then divided by its mean so the loss keeps its scale."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ...config import EdgeConfig
+from .base import Modifier
+
+_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def edge_weights(target: torch.Tensor, strength: float) -> torch.Tensor:
+    """(B, 1, H, W) weights with mean 1 per image."""
+    luma = (target * target.new_tensor(_LUMA)[:, None, None]).sum(dim=1, keepdim=True)
+    kx = _SOBEL_X.to(target)[None, None]
+    padded = F.pad(luma, (1, 1, 1, 1), mode="replicate")
+    gx, gy = F.conv2d(padded, kx), F.conv2d(padded, kx.transpose(2, 3))
+    magnitude = torch.sqrt(gx**2 + gy**2)
+    scaled = magnitude / magnitude.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+    weights = 1 + strength * scaled
+    return weights / weights.mean(dim=(2, 3), keepdim=True)
+
+
+class EdgeWeight(Modifier):
+    name = "EdgeWeight"
+
+    def __init__(self, cfg: EdgeConfig) -> None:
+        super().__init__()
+        self.strength = cfg.strength
+        self._cache: tuple | None = None
+
+    def modify(self, per_pixel, pred, target, mask):
+        key = (id(target), target._version, self.strength)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, edge_weights(target, self.strength))
+        weights = self._cache[1]
+        self.metrics = {"max_weight": float(weights.max()), "min_weight": float(weights.min())}
+        return per_pixel * weights

@@ -1,0 +1,49 @@
+"""Error-entropy weighting (seed 004's entropy modifier, adapted to images).
+
+The per-pixel error e (the loss map averaged over channels, detached) normalised over each image,
+q = e / sum(e), plays the role of the seed's wrong-answer distribution. Its entropy
+H = -sum q log q (divided by log N, N valid pixels, when `normalized`, so H is in [0, 1]) is
+clamped below by `threshold`, averaged over the batch and times `weight`: that scalar scales the
+loss (the step). Errors spread over the whole image give a larger weight than errors
+concentrated in a few pixels."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...config import EntropyConfig
+from .base import Modifier
+
+
+def error_entropy(per_pixel: torch.Tensor, mask: torch.Tensor | None, eps: float, normalized: bool) -> torch.Tensor:
+    """(B,) entropy of each image's normalised per-pixel error distribution."""
+    error = per_pixel.detach().mean(dim=1)  # (B, H, W)
+    if mask is not None:
+        error = error * mask[:, 0]
+    flat = error.flatten(1)
+    q = flat / flat.sum(dim=1, keepdim=True).clamp_min(eps)
+    entropy = -(q * torch.log(q.clamp_min(eps))).sum(dim=1)
+    entropy = torch.where(flat.sum(dim=1) > 0, entropy, torch.zeros_like(entropy))
+    if normalized:
+        count = flat.shape[1] if mask is None else mask.flatten(1).gt(0).sum(dim=1).clamp_min(2)
+        entropy = entropy / torch.log(torch.as_tensor(count, dtype=entropy.dtype)).clamp_min(math.log(2))
+    return entropy
+
+
+class EntropyWeight(Modifier):
+    name = "EntropyWeight"
+
+    def __init__(self, cfg: EntropyConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def modify(self, per_pixel, pred, target, mask):
+        c = self.cfg
+        entropy = error_entropy(per_pixel, mask, c.eps, c.normalized)
+        weight = entropy.clamp_min(c.threshold).mean() * c.weight
+        self.metrics = {"mean_entropy": float(entropy.mean()), "max_entropy": float(entropy.max()),
+                        "min_entropy": float(entropy.min()), "entropy_std": float(entropy.std(unbiased=False)),
+                        "entropy_weight": float(weight)}
+        return per_pixel * weight

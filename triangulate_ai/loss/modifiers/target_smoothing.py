@@ -1,0 +1,32 @@
+"""Target smoothing: compare against a Gaussian-blurred target, the image analogue of label
+smoothing. Its `sigma` (pixels; 0 = off) is meant to follow a schedule from coarse to fine:
+schedules: {modifiers.target_smoothing.sigma: {type: linear, start_value: 4, end_value: 0, ...}}."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchvision.transforms.functional import gaussian_blur
+
+from ...config import TargetSmoothingConfig
+from .base import Modifier
+
+
+class TargetSmoothing(Modifier):
+    name = "TargetSmoothing"
+
+    def __init__(self, cfg: TargetSmoothingConfig) -> None:
+        super().__init__()
+        self.sigma = cfg.sigma
+        self._cache: tuple | None = None
+
+    def prepare_target(self, target, step):
+        self.metrics = {"sigma": float(self.sigma)}
+        if self.sigma <= 0:
+            return target
+        key = (id(target), target._version, float(self.sigma))
+        if self._cache is None or self._cache[0] != key:
+            kernel = 2 * math.ceil(3 * self.sigma) + 1
+            self._cache = (key, gaussian_blur(target, [kernel, kernel], [self.sigma, self.sigma]))
+        return self._cache[1]
