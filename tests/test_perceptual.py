@@ -58,7 +58,8 @@ def _lpips(net="alex"):
     return LPIPSTerm(LpipsTermConfig(net=net, weights="random"))
 
 
-@pytest.mark.parametrize("make", [_vgg, lambda: _lpips("alex"), lambda: _lpips("squeeze")], ids=["vgg", "alex", "squeeze"])
+@pytest.mark.parametrize("make", [_vgg, lambda: _lpips("alex"), lambda: _lpips("squeeze")],
+                         ids=["vgg", "alex", "squeeze"])
 def test_identical_zero_and_more_blur_scores_worse(make):
     term = make()
     x = _image()
@@ -132,7 +133,8 @@ def test_imagenet_weights_load_from_the_torch_hub_cache(offline_torch_home):
     cached = offline_torch_home / "hub" / "checkpoints" / "vgg16-397923af.pth"
     _write_features(cached, "vgg16", 0.25)
     assert networks.weights_file("vgg16") == cached
-    net = VGGPerceptual(VggTermConfig(weights="imagenet", layers=["relu1_2"])).network(torch.device("cpu"), torch.float32)
+    term = VGGPerceptual(VggTermConfig(weights="imagenet", layers=["relu1_2"]))
+    net = term.network(torch.device("cpu"), torch.float32)
     assert torch.all(net[0].weight == 0.25) and torch.all(net[2].bias == 0.25)
 
 
@@ -141,14 +143,16 @@ def test_lpips_backbone_loads_from_the_cache_and_keeps_its_linear_heads(offline_
     net = lpips_network(LpipsConfig(net="alex", weights="imagenet"), "eval.lpips.weights",
                         torch.device("cpu"), torch.float32)
     assert torch.all(net.net.slice1[0].weight == 0.125) and torch.all(getattr(net.net.slice5, "10").bias == 0.125)
-    shipped = torch.load(__import__("lpips").__path__[0] + "/weights/v0.1/alex.pth", map_location="cpu", weights_only=True)
+    shipped_file = __import__("lpips").__path__[0] + "/weights/v0.1/alex.pth"
+    shipped = torch.load(shipped_file, map_location="cpu", weights_only=True)
     assert torch.equal(net.lin0.model[1].weight, shipped["lin0.model.1.weight"])
 
 
 def test_weights_from_a_path(tmp_path):
     path = tmp_path / "mine.pth"
     _write_features(path, "vgg16", 0.5)
-    net = VGGPerceptual(VggTermConfig(weights=str(path), layers=["relu1_1"])).network(torch.device("cpu"), torch.float32)
+    term = VGGPerceptual(VggTermConfig(weights=str(path), layers=["relu1_1"]))
+    net = term.network(torch.device("cpu"), torch.float32)
     assert torch.all(net[0].weight == 0.5)
     with pytest.raises(UserError, match="no such weights file"):
         VGGPerceptual(VggTermConfig(weights=str(tmp_path / "nope.pth"))).prepare(torch.device("cpu"), torch.float32)

@@ -61,7 +61,8 @@ def _fitter(*sets):
 
 def test_scheduled_values_reach_the_live_objects_and_the_log(tmp_path):
     fitter, _ = _fitter("loss.type=geometric_mean", "optim.iterations=8",
-                        "schedules={loss.regularization_weight: {type: piecewise, milestones: [3], values: [0.5, 0.05]},"
+                        "schedules={loss.regularization_weight: {type: piecewise, milestones: [3],"
+                        " values: [0.5, 0.05]},"
                         " render.sigma: {type: linear, start_value: 0.6, end_value: 0.2, end_step: 4},"
                         " optim.lr.colors: {type: exponential, start_value: 0.1, end_value: 0.001, end_step: 2}}")
     seen = []

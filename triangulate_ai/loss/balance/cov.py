@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BalanceContext, Balancer, values
+from .base import Balancer, values
 
 
 class CoVBalancer(Balancer):
@@ -28,7 +28,7 @@ class CoVBalancer(Balancer):
         self.iteration.add_(1)
         t = int(self.iteration)
         L0 = L.clone() if t == 0 else self.mean_L
-        l = L / L0
+        ratio_l = L / L0
         if t <= 1:
             self.alphas.fill_(1.0 / len(self.names))
         else:
@@ -40,8 +40,8 @@ class CoVBalancer(Balancer):
             mean_param = self.mean_decay
         else:
             mean_param = 1.0 - 1.0 / (t + 1)
-        new_mean_l = mean_param * self.mean_l + (1 - mean_param) * l
-        self.S_l.add_((l - self.mean_l) * (l - new_mean_l))
+        new_mean_l = mean_param * self.mean_l + (1 - mean_param) * ratio_l
+        self.S_l.add_((ratio_l - self.mean_l) * (ratio_l - new_mean_l))
         self.mean_l.copy_(new_mean_l)
         self.std_l.copy_(torch.sqrt(self.S_l / (t + 1) + 1e-8))
         self.mean_L.copy_(mean_param * self.mean_L + (1 - mean_param) * L)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BalanceContext, Balancer, values
+from .base import Balancer, values
 
 
 class DWABalancer(Balancer):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import BalanceContext, Balancer, values
+from .base import Balancer, values
 
 
 class GradNormBalancer(Balancer):

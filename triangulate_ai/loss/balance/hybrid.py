@@ -6,7 +6,7 @@ uncertainty part's stationary point (e^{s_i} = L_i) that is 3 / (2 L_i): still p
 
 from __future__ import annotations
 
-from .base import BalanceContext, Balancer
+from .base import Balancer
 from .geometric_mean import GeometricMeanBalancer
 from .uncertainty import UncertaintyBalancer
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import BalanceContext, Balancer
+from .base import Balancer
 
 
 class UncertaintyBalancer(Balancer):

@@ -4,7 +4,6 @@ so sparsely valid images are not drowned by full ones. Without a mask it changes
 
 from __future__ import annotations
 
-import torch
 
 from ...config import MaskRatioConfig
 from .base import Modifier

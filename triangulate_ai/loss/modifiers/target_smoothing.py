@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torchvision.transforms.functional import gaussian_blur
 
 from ...config import TargetSmoothingConfig
