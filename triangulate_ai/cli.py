@@ -72,6 +72,10 @@ def _train(args: argparse.Namespace) -> int:
     except NonFiniteLoss as exc:
         completed, error = False, str(exc)
     progress.close()
+    if error is not None and not fitter.parameters_finite():  # a bad update already went in
+        print(f"error: {error}; the parameters are no longer finite, so nothing new was written: the last "
+              f"good checkpoint is {folder / CHECKPOINT}", file=sys.stderr)
+        return 1
     summary = recorder.finish(fitter, completed, device, error)
     print(final_table(summary))
     if error is not None:
