@@ -1,0 +1,1 @@
+"""Research workflows around the fit: ablations across balancing methods, loss landscapes."""

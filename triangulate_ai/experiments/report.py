@@ -1,0 +1,219 @@
+"""Summaries of an ablation, read from its run folders: results.csv, results.md and plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from scipy import stats  # noqa: E402
+
+COLUMNS = ["method", "image", "seed", "status", "psnr", "ssim", "lpips", "lpips_meaningful", "wall_time_s",
+           "iterations", "warnings", "collapse", "error", "folder"]
+METRICS = [("psnr", "PSNR (dB)", max), ("ssim", "SSIM", max), ("lpips", "LPIPS", min)]
+
+
+def collect(runs: list[dict]) -> list[dict]:
+    """One row per planned run, from its folder (summary.json, or failed.json)."""
+    rows = []
+    for run in runs:
+        folder = Path(run["folder"])
+        row = {"method": run["method"], "family": run["family"], "grid": run["grid"], "image": run["image"],
+               "seed": run["seed"], "folder": str(folder)}
+        summary_path, failed_path = folder / "summary.json", folder / "failed.json"
+        if failed_path.is_file():
+            row.update(status="failed", error=json.loads(failed_path.read_text()).get("error", ""))
+        elif summary_path.is_file():
+            s = json.loads(summary_path.read_text())
+            kinds = [w["kind"] for w in s.get("warnings", [])]
+            row.update(status="ok" if s.get("completed") else "incomplete", psnr=s["psnr"], ssim=s["ssim"],
+                       lpips=s.get("lpips"), lpips_meaningful=s.get("lpips_meaningful"),
+                       wall_time_s=s["wall_time_s"], iterations=s["iterations"], warnings=";".join(kinds),
+                       collapse="collapsed" if "flat_collapse" in kinds else "ok", error=s.get("error") or "")
+        else:
+            row.update(status="missing")
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k, "")) for k in COLUMNS})
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def aggregate(rows: list[dict]) -> dict[str, dict]:
+    """Per method: mean and std over seeds and images of each metric, and the run counts."""
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_method[row["method"]].append(row)
+    table = {}
+    for method, group in by_method.items():
+        ok = [r for r in group if r["status"] == "ok"]
+        entry = {"runs": len(group), "ok": len(ok), "collapsed": sum(r.get("collapse") == "collapsed" for r in ok)}
+        for key, _, _ in METRICS + [("wall_time_s", "", None)]:
+            values = [r[key] for r in ok if r.get(key) is not None]
+            entry[key] = _mean_std(values) if values else None
+        table[method] = entry
+    return table
+
+
+def paired(rows: list[dict], baseline: str) -> dict[str, dict]:
+    """PSNR difference of each method against the baseline on the same image, seed and grid
+    values: mean, std, wins, and a paired t-test p-value (scipy)."""
+    index = {(r["family"], r["grid"], r["image"], r["seed"]): r for r in rows if r["status"] == "ok"}
+    out = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        diffs = []
+        for (family, grid, image, seed), row in index.items():
+            if row["method"] != method or family == baseline:
+                continue
+            base = index.get((baseline, grid, image, seed))
+            if base is not None:
+                diffs.append(row["psnr"] - base["psnr"])
+        if diffs:
+            p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if len(diffs) > 1 and np.std(diffs) > 0 else float("nan")
+            out[method] = {"n": len(diffs), "diff": _mean_std(diffs), "wins": sum(d > 0 for d in diffs), "p": p}
+    return out
+
+
+def markdown(rows: list[dict], baseline: str) -> str:
+    table = aggregate(rows)
+    best = {}
+    for key, _, pick in METRICS:
+        candidates = {m: e[key][0] for m, e in table.items() if e[key] is not None}
+        if candidates:
+            best[key] = pick(candidates, key=candidates.get)
+    comparison = paired(rows, baseline)
+    lines = [f"Mean ± std over seeds and images; best in bold. Paired: PSNR difference against `{baseline}` "
+             "on the same image and seed (mean ± std, wins, paired t-test p).", "",
+             "| method | runs ok | PSNR (dB) | SSIM | LPIPS | time (s) | collapsed | Δ PSNR vs baseline | wins | p |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for method, entry in table.items():
+        cells = []
+        for key, _, _ in METRICS + [("wall_time_s", "", None)]:
+            value = entry[key]
+            digits = 2 if key in ("psnr", "wall_time_s") else 4
+            text = "–" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+            cells.append(f"**{text}**" if best.get(key) == method else text)
+        c = comparison.get(method)
+        diff = "–" if c is None else f"{c['diff'][0]:+.2f} ± {c['diff'][1]:.2f}"
+        wins = "–" if c is None else f"{c['wins']}/{c['n']}"
+        p = "–" if c is None or math.isnan(c["p"]) else f"{c['p']:.3f}"
+        lines.append(f"| {method} | {entry['ok']}/{entry['runs']} | " + " | ".join(cells)
+                     + f" | {entry['collapsed']} | {diff} | {wins} | {p} |")
+    failed = [r for r in rows if r["status"] not in ("ok",)]
+    if failed:
+        lines += ["", "Runs without a result:", ""]
+        lines += [f"- {r['method']} / {r['image']} / seed {r['seed']}: {r['status']} {r.get('error', '')}".rstrip()
+                  for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def _series(folder: Path, key: str) -> tuple[list[int], list[float]]:
+    steps, values = [], []
+    path = folder / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if key in record:
+                steps.append(record["step"])
+                values.append(record[key])
+    return steps, values
+
+
+def plot_metrics(rows: list[dict], path: Path) -> None:
+    table = aggregate(rows)
+    methods = list(table)
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.5))
+    for ax, (key, label, _) in zip(axes, METRICS):
+        means = [table[m][key][0] if table[m][key] else np.nan for m in methods]
+        errors = [table[m][key][1] if table[m][key] else 0 for m in methods]
+        ax.bar(range(len(methods)), means, yerr=errors, capsize=4, color="tab:blue")
+        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label}, mean ± std")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(rows: list[dict], path: Path, prefix: str, ylabel: str) -> None:
+    """One panel per term: `prefix<term>` over steps, mean over a method's runs."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    terms = sorted({k[len(prefix):] for r in ok[:1] for k in _keys(Path(r["folder"])) if k.startswith(prefix)
+                    and "/" not in k[len(prefix):]})
+    if not terms:
+        return
+    fig, axes = plt.subplots(1, len(terms), figsize=(4.5 * len(terms), 3.5), squeeze=False)
+    for ax, term in zip(axes[0], terms):
+        for method in dict.fromkeys(r["method"] for r in ok):
+            curves = [_series(Path(r["folder"]), prefix + term) for r in ok if r["method"] == method]
+            length = min(len(s) for s, _ in curves)
+            if length:
+                mean = np.mean([v[:length] for _, v in curves], axis=0)
+                ax.plot(curves[0][0][:length], mean, label=method)
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"{ylabel} {term}")
+        if prefix == "loss/":
+            ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _keys(folder: Path) -> set[str]:
+    path = folder / "metrics.jsonl"
+    return set(json.loads(path.read_text().splitlines()[0])) if path.is_file() else set()
+
+
+def contact_sheet(rows: list[dict], path: Path) -> None:
+    """Final renders: a row per method, a column per image (the first seed)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return
+    methods = list(dict.fromkeys(r["method"] for r in ok))
+    images = list(dict.fromkeys(r["image"] for r in ok))
+    first_seed = min(r["seed"] for r in ok)
+    fig, axes = plt.subplots(len(methods), len(images), figsize=(3 * len(images), 2.4 * len(methods)),
+                             squeeze=False)
+    for i, method in enumerate(methods):
+        for j, image in enumerate(images):
+            ax = axes[i][j]
+            ax.axis("off")
+            match = [r for r in ok if r["method"] == method and r["image"] == image and r["seed"] == first_seed]
+            if match and (Path(match[0]["folder"]) / "final.png").is_file():
+                ax.imshow(Image.open(Path(match[0]["folder"]) / "final.png"))
+                ax.set_title(f"{method} / {image}\nPSNR {match[0]['psnr']:.2f}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(runs: list[dict], output: Path, baseline: str) -> str:
+    """results.csv, results.md and the plots in `output`; returns the Markdown table."""
+    rows = collect(runs)
+    write_csv(rows, output / "results.csv")
+    text = markdown(rows, baseline)
+    (output / "results.md").write_text(text)
+    plot_metrics(rows, output / "metrics.png")
+    plot_curves(rows, output / "loss_curves.png", "loss/", "loss")
+    plot_curves(rows, output / "weights.png", "weight/", "weight")
+    contact_sheet(rows, output / "contact_sheet.png")
+    return text
