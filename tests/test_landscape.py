@@ -19,7 +19,8 @@ def test_analytic_surfaces_match_the_formulas():
     l1, l2 = np.array([0.1, 1.0, 2.0]), np.array([0.5, 0.25, 4.0])
     s = landscape.analytic_surfaces(l1, l2, eps=0.0)
     value, g1, g2 = s["sum of logs"]
-    assert value == pytest.approx(np.log(l1) + np.log(l2)) and g1 == pytest.approx(1 / l1) and g2 == pytest.approx(1 / l2)
+    assert value == pytest.approx(np.log(l1) + np.log(l2))
+    assert g1 == pytest.approx(1 / l1) and g2 == pytest.approx(1 / l2)
     value, g1, _ = s["geometric mean"]
     assert value[1] == pytest.approx(0.5) and g1[1] == pytest.approx(0.5 / 2)
     value, g1, g2 = s["uncertainty (equilibrium)"]

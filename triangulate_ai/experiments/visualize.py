@@ -74,7 +74,8 @@ def _empirical(args) -> list[Path]:
     if args.run is not None:
         if not (args.run / "checkpoint.pt").is_file():
             raise UserError(f"no checkpoint.pt in {args.run}")
-        fitter = landscape.load_fitter(args.run / "config.yaml", None, tuple(args.overrides), args.run / "checkpoint.pt")
+        fitter = landscape.load_fitter(args.run / "config.yaml", None, tuple(args.overrides),
+                                       args.run / "checkpoint.pt")
         run_weights, label = landscape.last_weights(args.run), fitter.cfg.loss.type
     else:
         if args.image is None:
