@@ -28,7 +28,8 @@ import torch  # noqa: E402
 from triangulate_ai.config import LpipsTermConfig, RenderConfig, load_config  # noqa: E402
 from triangulate_ai.loss import build_terms  # noqa: E402
 from triangulate_ai.loss.perceptual import LPIPSTerm  # noqa: E402
-from triangulate_ai.render import ReferenceRenderer, Scene, TiledRenderer  # noqa: E402
+from triangulate_ai.render import ReferenceRenderer, Scene, TiledRenderer, make_renderer  # noqa: E402
+from triangulate_ai.render.nvdiffrast import available as nvdiffrast_available  # noqa: E402
 
 DENSE_BYTES_LIMIT = 12e9 # skip the dense renderer where its autograd graph would not fit
 DENSE_BYTES_PER_PIXEL_TRIANGLE = 240  # measured: 7.8 GB at 256x256 with 500 triangles
@@ -51,6 +52,8 @@ def _measure(queue, backend: str, side: int, count: int, size: float, device: st
     cfg = RenderConfig()  # the defaults a fit uses
     if backend == "dense":
         renderer = ReferenceRenderer(cfg.sigma)
+    elif backend == "nvdiffrast":
+        renderer = make_renderer(RenderConfig(backend="nvdiffrast"))
     else:
         renderer = TiledRenderer(cfg.sigma, cfg.tile_size, cfg.cutoff)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -144,6 +147,9 @@ def main() -> None:
         side, count = (int(v) for v in case.split("x"))
         row = {"image": f"{side}x{side}", "triangles": count, "triangle_size": args.size}
         row["tiled"] = measure("tiled", side, count, args.size, args.device, args.repeats)
+        if args.device == "cuda" and nvdiffrast_available():
+            row["nvdiffrast"] = measure("nvdiffrast", side, count, args.size, args.device, args.repeats)
+            row["nvdiffrast_over_tiled_time"] = round(row["nvdiffrast"]["ms_per_iter"] / row["tiled"]["ms_per_iter"], 4)
         if side * side * count * DENSE_BYTES_PER_PIXEL_TRIANGLE <= DENSE_BYTES_LIMIT:
             row["dense"] = measure("dense", side, count, args.size, args.device, args.dense_repeats)
             row["tiled_over_dense_time"] = round(row["tiled"]["ms_per_iter"] / row["dense"]["ms_per_iter"], 4)

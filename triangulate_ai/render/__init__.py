@@ -12,7 +12,12 @@ __all__ = ["Renderer", "ReferenceRenderer", "Scene", "TiledRenderer", "make_rend
 
 
 def make_renderer(cfg: RenderConfig) -> Renderer:
-    """`auto` is the tiled PyTorch renderer until a CUDA backend is added."""
+    """`auto` is nvdiffrast when CUDA and the package are both present, else the tiled renderer.
+    nvdiffrast is imported only when chosen."""
+    from . import nvdiffrast
+
     if cfg.backend == "reference":
         return ReferenceRenderer(cfg.sigma)
+    if cfg.backend == "nvdiffrast" or (cfg.backend == "auto" and nvdiffrast.available()):
+        return nvdiffrast.NvdiffrastRenderer(cfg.max_layers)
     return TiledRenderer(cfg.sigma, cfg.tile_size, cfg.cutoff)
