@@ -50,7 +50,7 @@ def _train(args: argparse.Namespace) -> int:
     image = load_image(cfg.image.path, cfg.image.max_size)  # before anything is written
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    target_np, target, background, mask = _prepare_target(image, cfg, device)
+    target_np, target, background, mask = prepare_target(image, cfg, device)
 
     _warn_random_weights(cfg)
     fitter = Fitter(cfg, target, background, mask)  # loads pretrained networks: may stop here
@@ -160,7 +160,7 @@ def _config_and_folder(args: argparse.Namespace) -> tuple[Config, Path]:
     return cfg, args.out or Path("runs") / Path(cfg.image.path).stem
 
 
-def _prepare_target(image: TargetImage, cfg: Config, device: torch.device):
+def prepare_target(image: TargetImage, cfg: Config, device: torch.device):
     """Composited target (numpy and (1, 3, H, W) tensor), background (1, 3) and mask or None."""
     colour = torch.from_numpy(image.colour).permute(2, 0, 1)[None]
     mask = None if image.alpha is None else torch.from_numpy(image.alpha)[None, None]

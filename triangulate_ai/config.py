@@ -33,7 +33,8 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _safe_load(text: str) -> Any:
+def safe_load(text: str) -> Any:
+    """YAML as every config of this project is read (yaml.SafeLoader, plus 1e-3 as a float)."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
@@ -412,7 +413,7 @@ def _read_chain(path: Path, seen: tuple[Path, ...]) -> list[tuple[dict, str]]:
     if resolved in seen:
         raise UserError(f"{path}: extends itself through {' -> '.join(str(p) for p in seen)}")
     try:
-        data = _safe_load(path.read_text()) or {}
+        data = safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
@@ -450,7 +451,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"{CLI} {item!r}: expected key.path=value, e.g. render.sigma=0.3")
     try:
-        value = _safe_load(text) if text.strip() else None
+        value = safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
     return key, value

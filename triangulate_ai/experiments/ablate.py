@@ -24,7 +24,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import Field, ValidationError
 
-from ..config import CLI, Section, _safe_load, load_config
+from ..config import CLI, Section, safe_load, load_config
 from ..errors import UserError
 from .report import write_report
 
@@ -50,7 +50,7 @@ class AblationConfig(Section):
 
 def load_ablation(path: Path) -> AblationConfig:
     try:
-        data = _safe_load(path.read_text())
+        data = safe_load(path.read_text())
     except OSError as exc:
         raise UserError(f"cannot read ablation config {path}: {exc.strerror}") from None
     try:
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             key, sep, value = item.partition("=")
             if not sep:
                 raise UserError(f"{CLI} {item!r}: expected key.path=value")
-            extra[key] = _safe_load(value)
+            extra[key] = safe_load(value)
         updates = {k: v for k, v in (("type", args.executor), ("workers", args.workers),
                                      ("address", args.address)) if v is not None}
         cfg = cfg.model_copy(update={"set": {**cfg.set, **extra},

@@ -146,7 +146,7 @@ def run_curves(folder: Path) -> dict[str, tuple[list[int], list[float]]]:
 def load_fitter(config: Path, image: Path | None = None, overrides: tuple[str, ...] = (),
                 checkpoint: Path | None = None) -> Fitter:
     """A Fitter from a config (and image), with a checkpoint's parameters if given."""
-    from ..cli import _prepare_target
+    from ..cli import prepare_target
     from ..config import load_config
     from ..fit import resolve_device
     from ..io import load_image
@@ -157,7 +157,7 @@ def load_fitter(config: Path, image: Path | None = None, overrides: tuple[str, .
         raise UserError("no image: give --image or use a run folder")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    _, target, background, mask = _prepare_target(load_image(cfg.image.path, cfg.image.max_size), cfg, device)
+    _, target, background, mask = prepare_target(load_image(cfg.image.path, cfg.image.max_size), cfg, device)
     fitter = Fitter(cfg, target, background, mask)
     if checkpoint is not None:
         state = torch.load(checkpoint, map_location=device, weights_only=False)
