@@ -18,6 +18,15 @@ class Modifier(ABC):
 
     def __init__(self) -> None:
         self.metrics: dict[str, float] = {}
+        self._memo: tuple | None = None
+
+    def memo_for_target(self, target: torch.Tensor, setting: float, compute) -> torch.Tensor:
+        """compute(), recomputed only when the target (or its contents) or `setting` changes:
+        the target is fixed during a fit, so per-target work is done once per setting."""
+        key = (id(target), target._version, float(setting))
+        if self._memo is None or self._memo[0] != key:
+            self._memo = (key, compute())
+        return self._memo[1]
 
     def prepare_target(self, target: torch.Tensor, step: int) -> torch.Tensor:
         return target

@@ -33,12 +33,8 @@ class EdgeWeight(Modifier):
     def __init__(self, cfg: EdgeConfig) -> None:
         super().__init__()
         self.strength = cfg.strength
-        self._cache: tuple | None = None
 
     def modify(self, per_pixel, pred, target, mask):
-        key = (id(target), target._version, self.strength)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, edge_weights(target, self.strength))
-        weights = self._cache[1]
+        weights = self.memo_for_target(target, self.strength, lambda: edge_weights(target, self.strength))
         self.metrics = {"max_weight": float(weights.max()), "min_weight": float(weights.min())}
         return per_pixel * weights

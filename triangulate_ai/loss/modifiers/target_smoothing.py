@@ -18,14 +18,11 @@ class TargetSmoothing(Modifier):
     def __init__(self, cfg: TargetSmoothingConfig) -> None:
         super().__init__()
         self.sigma = cfg.sigma
-        self._cache: tuple | None = None
 
     def prepare_target(self, target, step):
         self.metrics = {"sigma": float(self.sigma)}
         if self.sigma <= 0:
             return target
-        key = (id(target), target._version, float(self.sigma))
-        if self._cache is None or self._cache[0] != key:
-            kernel = 2 * math.ceil(3 * self.sigma) + 1
-            self._cache = (key, gaussian_blur(target, [kernel, kernel], [self.sigma, self.sigma]))
-        return self._cache[1]
+        kernel = 2 * math.ceil(3 * self.sigma) + 1
+        return self.memo_for_target(target, self.sigma,
+                                    lambda: gaussian_blur(target, [kernel, kernel], [self.sigma, self.sigma]))
