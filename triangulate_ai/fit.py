@@ -16,6 +16,7 @@ from .errors import UserError
 from .init import initial_triangles
 from .loss import build_terms
 from .loss.balance import BalanceContext, build_balancer
+from .loss.balance.base import grad_norm
 from .loss.modifiers import build_pipeline
 from .regularizer import TriangleRegularizer
 from .render import make_renderer
@@ -156,11 +157,7 @@ class Fitter:
     def _grad_norms(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
         """||d L_i / d W|| over the shared parameters, one backward pass per term."""
         params = [p for p in self.context.shared_params if p.requires_grad]
-        norms = {}
-        for name, loss in losses.items():
-            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-            norms[name] = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
-        return norms
+        return {name: float(grad_norm(loss, params)) for name, loss in losses.items()}
 
     def run(self, observers: list[Observer], should_stop: Callable[[], bool] = lambda: False) -> bool:
         """Steps until the configured iteration count; False if stopped early by `should_stop`,

@@ -31,6 +31,22 @@ METRICS = "metrics.jsonl"
 GIF_MAX_SIDE = 256
 
 
+def metric_series(folder: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """Every numeric series in a run folder's metrics.jsonl, by key: (steps, values)."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    path = folder / METRICS
+    if not path.is_file():
+        return series
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                steps, values = series.setdefault(key, ([], []))
+                steps.append(record["step"])
+                values.append(value)
+    return series
+
+
 def to_numpy_image(image: torch.Tensor) -> np.ndarray:
     """(3, H, W) tensor -> (H, W, 3) float32 array."""
     return image.detach().float().cpu().permute(1, 2, 0).numpy()

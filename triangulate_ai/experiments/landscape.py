@@ -4,7 +4,6 @@ triangle-parameter space around a fit, and loss/weight curves of runs. Computati
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 
 from ..errors import UserError
 from ..fit import Fitter
+from ..run import metric_series
 
 # ---------------------------------------------------------------- analytic (two losses) ----
 
@@ -111,33 +111,8 @@ def slice_2d(fitter: Fitter, points: int = 41, span: float = 1.0, seed: int = 0)
 
 def last_weights(folder: Path) -> dict[str, float]:
     """The effective weights logged last in a run's metrics.jsonl."""
-    weights: dict[str, float] = {}
-    path = folder / "metrics.jsonl"
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            weights.update({k[len("weight/"):]: v for k, v in record.items()
-                            if k.startswith("weight/") and "/" not in k[len("weight/"):]})
-    return weights
-
-
-# ------------------------------------------------------------------------------ curves ----
-
-
-def run_curves(folder: Path) -> dict[str, tuple[list[int], list[float]]]:
-    """Every numeric series in a run's metrics.jsonl, by key: (steps, values)."""
-    series: dict[str, tuple[list[int], list[float]]] = {}
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return series
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)):
-                steps, values = series.setdefault(key, ([], []))
-                steps.append(record["step"])
-                values.append(value)
-    return series
+    return {key[len("weight/"):]: values[-1] for key, (_, values) in metric_series(folder).items()
+            if key.startswith("weight/") and "/" not in key[len("weight/"):]}
 
 
 # --------------------------------------------------------------------------- loading ----

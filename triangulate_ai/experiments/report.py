@@ -16,6 +16,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from ..run import metric_series  # noqa: E402
+
 COLUMNS = ["method", "image", "seed", "status", "psnr", "ssim", "lpips", "lpips_meaningful", "wall_time_s",
            "iterations", "warnings", "collapse", "error", "folder"]
 METRICS = [("psnr", "PSNR (dB)", max), ("ssim", "SSIM", max), ("lpips", "LPIPS", min)]
@@ -125,18 +127,6 @@ def markdown(rows: list[dict], baseline: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _series(folder: Path, key: str) -> tuple[list[int], list[float]]:
-    steps, values = [], []
-    path = folder / "metrics.jsonl"
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            if key in record:
-                steps.append(record["step"])
-                values.append(record[key])
-    return steps, values
-
-
 def plot_metrics(rows: list[dict], path: Path) -> None:
     table = aggregate(rows)
     methods = list(table)
@@ -156,14 +146,15 @@ def plot_metrics(rows: list[dict], path: Path) -> None:
 def plot_curves(rows: list[dict], path: Path, prefix: str, ylabel: str) -> None:
     """One panel per term: `prefix<term>` over steps, mean over a method's runs."""
     ok = [r for r in rows if r["status"] == "ok"]
-    terms = sorted({k[len(prefix):] for r in ok[:1] for k in _keys(Path(r["folder"])) if k.startswith(prefix)
+    series = {r["folder"]: metric_series(Path(r["folder"])) for r in ok}  # each file read once
+    terms = sorted({k[len(prefix):] for r in ok[:1] for k in series[r["folder"]] if k.startswith(prefix)
                     and "/" not in k[len(prefix):]})
     if not terms:
         return
     fig, axes = plt.subplots(1, len(terms), figsize=(4.5 * len(terms), 3.5), squeeze=False)
     for ax, term in zip(axes[0], terms):
         for method in dict.fromkeys(r["method"] for r in ok):
-            curves = [_series(Path(r["folder"]), prefix + term) for r in ok if r["method"] == method]
+            curves = [series[r["folder"]].get(prefix + term, ([], [])) for r in ok if r["method"] == method]
             length = min(len(s) for s, _ in curves)
             if length:
                 mean = np.mean([v[:length] for _, v in curves], axis=0)
@@ -176,11 +167,6 @@ def plot_curves(rows: list[dict], path: Path, prefix: str, ylabel: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _keys(folder: Path) -> set[str]:
-    path = folder / "metrics.jsonl"
-    return set(json.loads(path.read_text().splitlines()[0])) if path.is_file() else set()
 
 
 def contact_sheet(rows: list[dict], path: Path) -> None:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
+from ..run import METRICS, metric_series
 from . import landscape, plots
 
 EXAMPLES = """examples:
@@ -57,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.mode == "empirical":
             written = _empirical(args)
         else:
-            missing = [str(r) for r in args.runs if not (r / "metrics.jsonl").is_file()]
+            missing = [str(r) for r in args.runs if not (r / METRICS).is_file()]
             if missing:
                 raise UserError(f"not a run folder (no metrics.jsonl): {missing[0]}")
-            written = plots.plot_curves({r.name if r.name else str(r): landscape.run_curves(r) for r in args.runs},
+            written = plots.plot_curves({r.name if r.name else str(r): metric_series(r) for r in args.runs},
                                         args.out, args.pdf)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -74,5 +74,11 @@ class Balancer(nn.Module, ABC):
     lr: float | None = None
 
 
+def grad_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    """||d loss / d params|| (float64), keeping the graph for the real backward pass."""
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None))
+
+
 def values(losses: dict[str, torch.Tensor]) -> dict[str, float]:
     return {name: float(loss.detach()) for name, loss in losses.items()}

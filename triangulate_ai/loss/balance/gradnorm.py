@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Balancer, values
+from .base import Balancer, grad_norm, values
 
 
 class GradNormBalancer(Balancer):
@@ -46,11 +46,8 @@ class GradNormBalancer(Balancer):
 
     def _update(self, losses, vals, ctx) -> None:
         params = [p for p in ctx.shared_params if p.requires_grad]
-        norms = []
-        for n in self.names:
-            grads = torch.autograd.grad(losses[n], params, retain_graph=True, allow_unused=True)
-            norms.append(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
-        norms = torch.stack(norms).to(self.theta.dtype).to(self.theta.device)
+        norms = torch.stack([grad_norm(losses[n], params) for n in self.names])
+        norms = norms.to(self.theta.dtype).to(self.theta.device)
         ratio = vals / self.initial.clamp_min(1e-12)
         rate = (ratio / ratio.mean()).to(self.theta.dtype).to(self.theta.device)
         g = self.current() * norms
