@@ -39,9 +39,10 @@ def safe_load(text: str) -> Any:
 
 
 class Section(BaseModel):
-    """Strict: no unknown keys, no silent type coercion (a string is never a number)."""
+    """Strict: no unknown keys, no silent type coercion (a string is never a number), and no
+    infinite or NaN numbers (no setting of this project means anything at infinity)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ImageConfig(Section):
@@ -388,11 +389,14 @@ class Config(Section):
         return yaml.safe_dump(self.dump(), sort_keys=False)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+def load_config(path: str | Path | Config | None = None, overrides: list[str] | tuple[str, ...] = (),
                 values: dict[str, Any] | None = None, values_source: str = "command line") -> Config:
-    """Defaults <- YAML file (with its `extends` chain) <- `--set key=value` overrides <- `values`
-    (dotted keys set by other command-line options, such as --image)."""
-    layers = _read_chain(Path(path), ()) if path is not None else []
+    """Defaults <- YAML file (with its `extends` chain) or a Config <- `--set key=value` overrides
+    <- `values` (dotted keys set by other command-line options, such as --image)."""
+    if isinstance(path, Config):
+        layers = [(path.dump(), "<Config object>")]
+    else:
+        layers = _read_chain(Path(path), ()) if path is not None else []
     layers += [(_nest(*_parse_override(item)), CLI) for item in overrides]
     layers += [(_nest(key, value), values_source) for key, value in (values or {}).items()]
     merged: dict[str, Any] = {}

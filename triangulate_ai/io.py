@@ -55,6 +55,32 @@ def load_image(path: str | Path, max_size: int = 0) -> TargetImage:
         raise UserError(f"not an image file (Pillow cannot identify it): {path}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
+    return _target(path, pixels, max_size)
+
+
+def image_from_array(array: np.ndarray, max_size: int = 0) -> TargetImage:
+    """A target from an (H, W), (H, W, 3) or (H, W, 4) array: uint8/uint16 scaled to [0, 1],
+    floats taken as they are (clipped to [0, 1])."""
+    pixels = np.asarray(array)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None].repeat(3, axis=-1)
+    if pixels.ndim != 3 or pixels.shape[2] not in (3, 4) or 0 in pixels.shape[:2]:
+        raise UserError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {pixels.shape}")
+    if pixels.dtype == np.uint8:
+        pixels = pixels.astype(np.float32) / 255.0
+    elif pixels.dtype == np.uint16:
+        pixels = pixels.astype(np.float32) / 65535.0
+    elif np.issubdtype(pixels.dtype, np.floating):
+        if not np.isfinite(pixels).all():
+            raise UserError("the image array holds NaN or infinite values")
+        pixels = np.clip(pixels, 0, 1).astype(np.float32)
+    else:
+        raise UserError(f"an image array must be uint8, uint16 or float, got {pixels.dtype}")
+    return _target(Path("<array>"), pixels, max_size)
+
+
+def _target(path: Path, pixels: np.ndarray, max_size: int) -> TargetImage:
+    """Premultiplied colour and alpha, downscaled so the longer side is at most `max_size`."""
     height, width = pixels.shape[:2]
     if pixels.shape[2] == 4:
         alpha = pixels[..., 3]
@@ -91,12 +117,23 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file; mkstemp alone gives 0600
+
+
 def write_atomic(path: str | Path, data: bytes | str) -> None:
-    """Write to a temporary file beside `path`, then rename over it: readers see old or new."""
+    """Write to a temporary file beside `path`, then rename over it: readers see old or new.
+    The file gets the user's usual permissions (umask), like any other file of the run."""
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(raw)
             handle.flush()

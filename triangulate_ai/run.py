@@ -21,12 +21,14 @@ from PIL import Image
 
 from . import __version__
 from .export import comparison_sheet, gif_bytes, rasterize_svg, scene_to_dict, svg_from_dict
+from .errors import UserError
 from .fit import Fitter, StepResult
 from .io import save_png, to_uint8, write_atomic, write_json
 from .metrics import Evaluator, flat_mean_psnr, psnr_torch
 from .monitor import TensorBoardSink, WarningMonitor
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "triangulate_ai.checkpoint/2"  # 2: weights_only-loadable (frames as a uint8 tensor)
 METRICS = "metrics.jsonl"
 GIF_MAX_SIDE = 256
 
@@ -47,6 +49,36 @@ def metric_series(folder: Path) -> dict[str, tuple[list[int], list[float]]]:
     return series
 
 
+def read_checkpoint(path: Path, device: torch.device) -> dict:
+    """A checkpoint's state, loaded without running any code from the file (weights_only), and
+    checked to be one of ours. Anything else is a UserError naming the file."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no checkpoint there") from None
+    except Exception as exc:  # corrupt, truncated, foreign or malicious: all refused the same way
+        reason = " ".join(str(exc).split())
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."
+        raise UserError(f"{path}: not a readable TriangulateAI checkpoint ({type(exc).__name__}: {reason})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise UserError(f"{path}: not a TriangulateAI checkpoint of format {CHECKPOINT_FORMAT} (found {found!r})")
+    for key in ("fitter", "recorder"):
+        if not isinstance(state.get(key), dict):
+            raise UserError(f"{path}: checkpoint has no '{key}' section")
+    return state
+
+
+def load_fitter_state(fitter: Fitter, state: dict, path: Path) -> None:
+    """Parameters, optimiser and balancer from a checkpoint; a mismatch with this config (say, a
+    different triangle count or balancer) is a UserError naming the file."""
+    try:
+        fitter.load_state_dict(state["fitter"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise UserError(f"{path}: checkpoint does not fit this run's config ({type(exc).__name__}: {reason})") from None
+
+
 def to_numpy_image(image: torch.Tensor) -> np.ndarray:
     """(3, H, W) tensor -> (H, W, 3) float32 array."""
     return image.detach().float().cpu().permute(1, 2, 0).numpy()
@@ -55,9 +87,9 @@ def to_numpy_image(image: torch.Tensor) -> np.ndarray:
 class RunRecorder:
     """Writes everything a run leaves behind, into `folder`."""
 
-    def __init__(self, folder: Path, fitter: Fitter, evaluator: Evaluator,
+    def __init__(self, folder: Path | None, fitter: Fitter, evaluator: Evaluator,
                  on_warning: Callable[[dict], None] = lambda warning: None) -> None:
-        self.folder = folder
+        self.folder = folder  # None: keep everything in memory (the Python API without `out`)
         self.evaluator = evaluator
         self.on_warning = on_warning
         self.target = evaluator.target  # (H, W, 3) composited target, for metrics and comparisons
@@ -75,10 +107,13 @@ class RunRecorder:
         self.last: StepResult | None = None
         log = cfg.log
         self.tb_cfg = log.tensorboard
-        self.tensorboard = TensorBoardSink(folder / "tensorboard", log.tensorboard) if log.tensorboard.enabled else None
+        self.tensorboard = TensorBoardSink(folder / "tensorboard", log.tensorboard) \
+            if log.tensorboard.enabled and folder is not None else None
         target_variance = float(fitter.target.var(dim=(2, 3)).mean())
         self.monitor = WarningMonitor(log.warnings, list(fitter.terms), target_variance) \
             if log.warnings.enabled else None
+        self.final_drawing: np.ndarray | None = None  # set by finish()
+        self.final_soft: np.ndarray | None = None
 
     # --- observing the loop -------------------------------------------------------------
     def on_step(self, fitter: Fitter, result: StepResult) -> None:
@@ -137,6 +172,8 @@ class RunRecorder:
                 self.on_warning(warning)
 
     def _append_metrics(self, record: dict) -> None:
+        if self.folder is None:
+            return
         with open(self.folder / METRICS, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -145,13 +182,16 @@ class RunRecorder:
 
     # --- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self, fitter: Fitter) -> None:
-        """Atomic: a crash while writing leaves the previous checkpoint intact."""
-        if not fitter.parameters_finite():
+        """Atomic: a crash while writing leaves the previous checkpoint intact. Only tensors,
+        numbers, strings, lists and dicts go in, so it loads with torch.load(weights_only=True)."""
+        if self.folder is None or not fitter.parameters_finite():
             return
+        frames = torch.from_numpy(np.stack(self.frames)) if self.frames else torch.zeros(0, dtype=torch.uint8)
         state = {
+            "format": CHECKPOINT_FORMAT,
             "fitter": fitter.state_dict(),
-            "recorder": {"frames": self.frames, "elapsed": self._elapsed_now(), "initial": self.initial,
-                         "warnings": self.warnings},
+            "recorder": {"frames": frames, "elapsed": self._elapsed_now(), "initial": self.initial,
+                         "warnings": json.loads(json.dumps(self.warnings))},  # plain Python values only
             "version": __version__,
         }
         buffer = io.BytesIO()
@@ -159,12 +199,17 @@ class RunRecorder:
         write_atomic(self.folder / CHECKPOINT, buffer.getvalue())
 
     def resume(self, fitter: Fitter) -> None:
-        """Restore the fitter and this recorder from the folder's checkpoint; drop metric lines
-        logged after it, so they are not written twice."""
-        state = torch.load(self.folder / CHECKPOINT, map_location=fitter.target.device, weights_only=False)
-        fitter.load_state_dict(state["fitter"])
+        """Restore the fitter and this recorder from the folder's checkpoint."""
+        state = read_checkpoint(self.folder / CHECKPOINT, fitter.target.device)
+        load_fitter_state(fitter, state, self.folder / CHECKPOINT)
+        self.restore(fitter, state)
+
+    def restore(self, fitter: Fitter, state: dict) -> None:
+        """This recorder's part of a checkpoint whose fitter state is already loaded; metric
+        lines logged after it are dropped, so they are not written twice."""
         rec = state["recorder"]
-        self.frames, self.elapsed, self.initial = rec["frames"], rec["elapsed"], rec["initial"]
+        self.frames = list(rec["frames"].cpu().numpy())
+        self.elapsed, self.initial = float(rec["elapsed"]), dict(rec["initial"])
         if self.monitor is not None:
             self.monitor.warnings[:] = rec.get("warnings", [])
             self.monitor.restore_seen()
@@ -187,21 +232,26 @@ class RunRecorder:
         return [] if self.monitor is None else list(self.monitor.warnings)
 
     def finish(self, fitter: Fitter, completed: bool, device: torch.device, error: str | None = None) -> dict:
-        """Write final.png, compare.png, triangles.json/.svg, progress.gif, checkpoint, summary."""
+        """Write final.png, compare.png, triangles.json/.svg, progress.gif, checkpoint, summary
+        (only the summary is computed when there is no folder)."""
         wall = self._elapsed_now()
         self.save_checkpoint(fitter)
-        with torch.no_grad(), fitter.modifiers.disabled():
+        with torch.no_grad():
             render = fitter.render()
-            soft = to_numpy_image(render[0])
-            raw_losses = {name: float(loss) for name, loss in fitter.compute_losses(render).items()}
+            final_losses = {name: float(loss) for name, loss in fitter.compute_losses(render).items()}
+            with fitter.modifiers.disabled():
+                raw_losses = {name: float(loss) for name, loss in fitter.compute_losses(render).items()}
+        soft = to_numpy_image(render[0])
         data = scene_to_dict(fitter.triangles.scene(), fitter.height, fitter.width)
         svg = svg_from_dict(data)
         hard = rasterize_svg(svg)
-        write_json(self.folder / "triangles.json", data)
-        write_atomic(self.folder / "triangles.svg", svg)
-        save_png(self.folder / "final.png", hard)
-        save_png(self.folder / "compare.png", comparison_sheet(self.target, hard))
-        write_atomic(self.folder / "progress.gif", gif_bytes(self.frames + [_gif_frame(hard)]))
+        self.final_drawing, self.final_soft = hard, soft
+        if self.folder is not None:
+            write_json(self.folder / "triangles.json", data)
+            write_atomic(self.folder / "triangles.svg", svg)
+            save_png(self.folder / "final.png", hard)
+            save_png(self.folder / "compare.png", comparison_sheet(self.target, hard))
+            write_atomic(self.folder / "progress.gif", gif_bytes(self.frames + [_gif_frame(hard)]))
         quality = self.evaluator(hard)
         soft_quality = self.evaluator(soft)
         self._emit({"step": fitter.step, **{f"eval/{k}": v for k, v in quality.items()}})
@@ -230,9 +280,9 @@ class RunRecorder:
             "completed": completed,
             "error": error,
             "warnings": self.warnings,
-            "final_losses": self.last.losses if self.last else {},
-            "final_losses_unmodified": raw_losses,
-            "final_loss_weights": self.last.weights if self.last else {},
+            "final_losses": final_losses,  # final parameters, modifiers as configured
+            "final_losses_unmodified": raw_losses,  # final parameters, modifier pipeline off
+            "final_loss_weights": self.last.weights if self.last else {},  # as used by the last step
             "wall_time_s": round(wall, 3),
             "seconds_per_iteration": round(wall / max(fitter.step, 1), 5),
             "seed": cfg.seed,
@@ -241,7 +291,8 @@ class RunRecorder:
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "triangulate_ai": __version__},
         }
-        write_json(self.folder / "summary.json", summary)
+        if self.folder is not None:
+            write_json(self.folder / "summary.json", summary)
         return summary
 
 

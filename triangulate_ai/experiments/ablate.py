@@ -1,32 +1,44 @@
 """Ablation runner: a grid of fits (methods x images x seeds x other config values), each in its
 own run folder, run by a local process pool or Ray, then summarised from the run folders.
 
-    python -m triangulate_ai.experiments.ablate --config configs/ablation/balancers.yaml
+    triangulate-ablate --config configs/ablation/balancers.yaml
 
 A killed ablation resumes: finished runs are skipped, interrupted ones continue from their
-checkpoint, failed ones are tried again. A failed run is recorded (failed.json) and does not
-stop the others.
+checkpoint, failed ones are tried again. A finished run is reused only while its config.yaml
+equals the config the ablation asks for now; otherwise the runner refuses, naming the keys.
+A failed run is recorded (failed.json) and does not stop the others. Each run is locked while
+it runs, so two runners never write into the same run folder; pool workers die with the runner.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import io
+import ctypes
+import ctypes.util
+import fcntl
 import itertools
 import json
 import os
 import re
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import Field, ValidationError
 
-from ..config import CLI, Section, safe_load, load_config
-from ..errors import UserError
+from ..config import CLI, Section, load_config, safe_load
+from ..errors import UserError, program_name
+from ..io import write_atomic
 from .report import write_report
+
+EXIT_INTERRUPTED = 130
+LOCKS = ".locks"
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 
 class ExecutorConfig(Section):
@@ -64,18 +76,14 @@ def load_ablation(path: Path) -> AblationConfig:
     return cfg
 
 
-def _set_args(overrides: dict[str, Any]) -> list[str]:
-    """--set arguments; values as JSON, which the config reader parses as YAML."""
-    return [arg for key, value in overrides.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
-
-
 def _label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
 
 
 def plan(cfg: AblationConfig, config_path: Path, output: Path) -> list[dict]:
-    """Every run of the ablation with its folder and command-line arguments. All configs are
-    validated here, before anything runs."""
+    """Every run of the ablation with its folder and config values. All configs are validated
+    here, before anything runs; each run carries its resolved config (`config`, as config.yaml
+    holds it) so a finished run can be checked against what is asked now."""
     root = config_path.parent
     base = (root / cfg.base).resolve()
     grid_items = list(cfg.grid.items())
@@ -89,14 +97,13 @@ def plan(cfg: AblationConfig, config_path: Path, output: Path) -> list[dict]:
                 for seed in cfg.seeds:
                     image_path = (root / image).resolve()
                     folder = output / _label(variant) / f"{_label(Path(image).stem)}_seed{seed}"
-                    sets = {**cfg.set, **overrides, **extra, "seed": seed, "log.progress_bar": False}
-                    args = ["--config", str(base), "--image", str(image_path), "--out", str(folder),
-                            "--overwrite", *_set_args(sets)]
+                    sets = {**cfg.set, **overrides, **extra, "seed": seed, "log.progress_bar": False,
+                            "image.path": str(image_path)}
                     runs.append({"method": variant, "family": method, "grid": suffix, "image": Path(image).stem,
-                                 "seed": seed, "folder": str(folder), "args": args, "sets": sets})
+                                 "seed": seed, "folder": str(folder), "base": str(base), "sets": sets})
     for run in runs:  # config mistakes stop the ablation before it starts, with the run named
         try:
-            load_config(base, _set_args(run["sets"])[1::2])
+            run["config"] = load_config(run["base"], values=run["sets"], values_source="ablation").dump()
         except UserError as exc:
             raise UserError(f"run {run['method']}/{run['image']}/seed {run['seed']}: {exc}") from None
     return runs
@@ -112,69 +119,180 @@ def status(folder: Path) -> str:
     return "todo"
 
 
-def run_one(run: dict, threads: int) -> dict:
-    """Run one fit in this process (a pool worker or a Ray task); record a failure in the folder.
-    Returns only the folder and exit code: results are read from the folder, never from here."""
+def config_changes(run: dict) -> list[str]:
+    """Keys whose value in the run folder's config.yaml differs from what the ablation asks now
+    ("key: old -> new"); empty when they agree or the folder holds no run yet."""
+    path = Path(run["folder"]) / "config.yaml"
+    if status(Path(run["folder"])) == "todo" or not path.is_file():
+        return []
+    old, new = _flat(safe_load(path.read_text()) or {}), _flat(run["config"])
+    return [f"{key}: {old.get(key, '<absent>')} -> {new.get(key, '<absent>')}"
+            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+
+
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def lock_path(output: Path, run: dict) -> Path:
+    """One lock file per run, outside its folder (which --overwrite may delete)."""
+    folder = Path(run["folder"])
+    return output / LOCKS / f"{folder.parent.name}__{folder.name}.lock"
+
+
+@contextlib.contextmanager
+def run_lock(path: Path):
+    """An exclusive, non-blocking lock on `path`: yields True when held, False when another
+    process holds it. The kernel drops it when the holder dies, however it dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_one(run: dict, threads: int, lock: str) -> dict:
+    """Run one fit in this process (a pool worker or a Ray task), holding the run's lock; record
+    a failure in the folder. Returns only the folder and an exit code (None: another runner
+    holds the run): results are read from the folder, never from here."""
     import torch
 
-    from ..cli import main
+    from ..api import FitFailed, Run
 
     torch.set_num_threads(max(1, threads))
     folder = Path(run["folder"])
-    failed = folder / "failed.json"
-    if failed.exists():
-        failed.unlink()
-    args = ["--resume", str(folder)] if status(folder) == "resumable" else run["args"]
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-            code = main(args)
-    except Exception as exc:  # a bug or a crash in one run must not stop the others
-        code, err = 1, io.StringIO(f"{type(exc).__name__}: {exc}")
-    if code != 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        lines = [line for line in err.getvalue().splitlines() if line.strip()]
-        (folder / "failed.json").write_text(json.dumps({"exit_code": code, "error": lines[-1] if lines else ""}))
+    with run_lock(Path(lock)) as held:
+        if not held:
+            return {"folder": str(folder), "exit_code": None}
+        (folder / "failed.json").unlink(missing_ok=True)
+        stop = _StopOnSigint()
+        try:
+            cfg = load_config(run["base"], values=run["sets"], values_source="ablation")
+            with stop:
+                result = Run(cfg, folder, resume=status(folder) == "resumable", overwrite=True).execute(
+                    should_stop=stop.requested)
+            code, error = (0, "") if result.completed else (EXIT_INTERRUPTED, "interrupted")
+        except UserError as exc:
+            code, error = exc.exit_code, str(exc)
+        except FitFailed as exc:
+            code, error = 1, str(exc)
+        except Exception as exc:  # a bug or a crash in one run must not stop the others
+            code, error = 1, f"{type(exc).__name__}: {exc}"
+        if code not in (0, EXIT_INTERRUPTED):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "failed.json").write_text(json.dumps({"exit_code": code, "error": error}))
     return {"folder": str(folder), "exit_code": code}
 
 
-def execute(runs: list[dict], executor: ExecutorConfig) -> None:
-    """Run `runs` with the configured executor, printing one line per finished run."""
+class _StopOnSigint:
+    """Ctrl-C in the terminal reaches the workers too: finish the step, save, and stop."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self._previous = None
+
+    def requested(self) -> bool:
+        return self.flag
+
+    def _handle(self, signum, frame) -> None:
+        self.flag = True
+
+    def __enter__(self) -> "_StopOnSigint":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool-worker initializer: end this worker when the runner ends, however it ends (kill -9
+    included), so no orphan keeps fitting or spinning on its cores."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:  # other systems, and belt and braces
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def execute(runs: list[dict], executor: ExecutorConfig, output: Path) -> list[dict]:
+    """Run `runs` with the configured executor, printing one line per finished run; returns the
+    runs another runner held (skipped)."""
     cpus = os.cpu_count() or 1
-    workers = executor.workers or cpus
+    workers = max(1, min(executor.workers or cpus, len(runs)))
     threads = max(1, cpus // workers)
+    busy = []
+
+    def done(run: dict, result: dict) -> None:
+        if result["exit_code"] is None:
+            busy.append(run)
+        _report(run, result)
+
+    if not runs:
+        return busy
     if executor.type == "ray":
         import ray
 
         ray.init(address=executor.address, **({} if executor.address else {"num_cpus": workers}),
                  include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
         task = ray.remote(num_cpus=1)(run_one)
-        pending = {task.remote(run, threads): run for run in runs}
+        pending = {task.remote(run, threads, str(lock_path(output, run))): run for run in runs}
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            _report(pending.pop(done[0]), ray.get(done[0]))
-        return
+            finished, _ = ray.wait(list(pending), num_returns=1)
+            done(pending.pop(finished[0]), ray.get(finished[0]))
+        return busy
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, run, threads): run for run in runs}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+        futures = {pool.submit(run_one, run, threads, str(lock_path(output, run))): run for run in runs}
         for future in as_completed(futures):
-            _report(futures[future], future.result())
+            done(futures[future], future.result())
+    return busy
 
 
 def _report(run: dict, result: dict) -> None:
-    state = "ok" if result["exit_code"] == 0 else f"failed (exit {result['exit_code']}, see failed.json)"
+    code = result["exit_code"]
+    state = {0: "ok", None: "skipped: another runner is working on it",
+             EXIT_INTERRUPTED: "interrupted (resumes on the next run)"}.get(
+        code, f"failed (exit {code}, see failed.json)")
     print(f"  {run['method']} / {run['image']} / seed {run['seed']}: {state}", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m triangulate_ai.experiments.ablate",
+        prog=program_name(),
         description="Run an ablation grid of fits and summarise it (results.csv, results.md, plots).",
-        epilog="example: python -m triangulate_ai.experiments.ablate --config configs/ablation/balancers.yaml "
-               "--set optim.iterations=100")
+        epilog="example: triangulate-ablate --config configs/ablation/balancers.yaml --set optim.iterations=100 "
+               "--methods equal geometric_mean --seeds 0")
     parser.add_argument("--config", type=Path, required=True, help="ablation YAML (see configs/ablation/)")
+    parser.add_argument("--out", type=Path, help="experiment folder (overrides output:, default runs/ablation/<name>)")
+    parser.add_argument("--methods", nargs="+", metavar="NAME", help="run only these methods of the config")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="N", help="seeds to run (replaces seeds:)")
+    parser.add_argument("--images", nargs="+", metavar="IMAGE",
+                        help="images to run: names or paths of the config's images, or other image files")
     parser.add_argument("--executor", choices=["local", "ray"], help="override executor.type")
     parser.add_argument("--workers", type=int, help="override executor.workers")
     parser.add_argument("--address", help="override executor.address (ray)")
@@ -184,29 +302,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _selected(cfg: AblationConfig, args: argparse.Namespace, config_path: Path) -> AblationConfig:
+    """The config cut down (or re-pointed) by --methods, --seeds, --images, --set and executor options."""
+    extra = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{CLI} {item!r}: expected key.path=value")
+        extra[key.strip()] = safe_load(value)
+    update: dict[str, Any] = {"set": {**cfg.set, **extra}}
+    if args.methods:
+        unknown = [m for m in args.methods if m not in cfg.methods]
+        if unknown:
+            raise UserError(f"--methods: {unknown[0]!r} is not a method of {config_path} ({', '.join(cfg.methods)})")
+        update["methods"] = {m: cfg.methods[m] for m in args.methods}
+        if cfg.baseline is not None and cfg.baseline not in args.methods:
+            update["baseline"] = None
+    if args.seeds:
+        update["seeds"] = list(dict.fromkeys(args.seeds))
+    if args.images:
+        update["images"] = [_image_entry(cfg, item, config_path) for item in args.images]
+    if args.out:
+        update["output"] = str(args.out)
+    executor = {k: v for k, v in (("type", args.executor), ("workers", args.workers), ("address", args.address))
+                if v is not None}
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers {args.workers}: must be >= 0 (0 = one per CPU core)")
+    update["executor"] = cfg.executor.model_copy(update=executor)
+    return cfg.model_copy(update=update)
+
+
+def _image_entry(cfg: AblationConfig, item: str, config_path: Path) -> str:
+    """A config image named by its stem or as written, else an image file (as a path the config
+    can resolve: absolute)."""
+    for image in cfg.images:
+        if item in (image, Path(image).stem, Path(image).name):
+            return image
+    if Path(item).is_file():
+        return str(Path(item).resolve())
+    names = ", ".join(Path(i).stem for i in cfg.images)
+    raise UserError(f"--images: {item!r} is neither an image of {config_path} ({names}) nor an image file")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = load_ablation(args.config)
-        extra = {}
-        for item in args.overrides:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise UserError(f"{CLI} {item!r}: expected key.path=value")
-            extra[key] = safe_load(value)
-        updates = {k: v for k, v in (("type", args.executor), ("workers", args.workers),
-                                     ("address", args.address)) if v is not None}
-        cfg = cfg.model_copy(update={"set": {**cfg.set, **extra},
-                                     "executor": cfg.executor.model_copy(update=updates)})
+        cfg = _selected(load_ablation(args.config), args, args.config)
         output = Path(cfg.output) if cfg.output else Path("runs") / "ablation" / _label(cfg.name)
         runs = plan(cfg, args.config, output)
+        if not args.report_only:
+            changed = [(run, changes) for run in runs if (changes := config_changes(run))]
+            if changed:
+                run, changes = changed[0]
+                raise UserError(
+                    f"{len(changed)} run(s) in {output} were made with other settings than asked now, e.g. "
+                    f"{run['method']}/{run['image']}/seed {run['seed']}: {'; '.join(changes[:3])}"
+                    f"{' ...' if len(changes) > 3 else ''}. Finished runs are reused only when their config is "
+                    "the same; give a new experiment folder with --out (or delete the old runs)")
         output.mkdir(parents=True, exist_ok=True)
-        (output / "ablation.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+        write_atomic(output / "ablation.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
         if not args.report_only:
             todo = [run for run in runs if status(Path(run["folder"])) != "finished"]
             print(f"ablation {cfg.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, "
                   f"{len(todo)} to run with the {cfg.executor.type} executor -> {output}", flush=True)
-            execute(todo, cfg.executor)
+            busy = execute(todo, cfg.executor, output)
+            if busy:
+                print(f"{len(busy)} run(s) were skipped because another runner is working on them; their rows "
+                      "show what their folders hold now", flush=True)
         baseline = cfg.baseline or next(iter(cfg.methods))
         report = write_report(runs, output, baseline)
         print(report)

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import UserError
 from ..fit import Fitter
-from ..run import metric_series
+from ..run import load_fitter_state, metric_series, read_checkpoint
 
 # ---------------------------------------------------------------- analytic (two losses) ----
 
@@ -121,7 +121,7 @@ def last_weights(folder: Path) -> dict[str, float]:
 def load_fitter(config: Path, image: Path | None = None, overrides: tuple[str, ...] = (),
                 checkpoint: Path | None = None) -> Fitter:
     """A Fitter from a config (and image), with a checkpoint's parameters if given."""
-    from ..cli import prepare_target
+    from ..api import prepare_target
     from ..config import load_config
     from ..fit import resolve_device
     from ..io import load_image
@@ -135,6 +135,5 @@ def load_fitter(config: Path, image: Path | None = None, overrides: tuple[str, .
     _, target, background, mask = prepare_target(load_image(cfg.image.path, cfg.image.max_size), cfg, device)
     fitter = Fitter(cfg, target, background, mask)
     if checkpoint is not None:
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        fitter.load_state_dict(state["fitter"])
+        load_fitter_state(fitter, read_checkpoint(checkpoint, device), checkpoint)
     return fitter

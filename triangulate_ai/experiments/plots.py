@@ -13,7 +13,10 @@ import numpy as np  # noqa: E402
 from .landscape import analytic_surfaces  # noqa: E402
 
 
-def save(fig, path: Path, pdf: bool) -> list[Path]:
+def save(fig, path: Path, pdf: bool, note: str | None = None) -> list[Path]:
+    """PNG (and PDF); `note` goes on top in red: it marks numbers from random networks."""
+    if note:
+        fig.suptitle(note, color="tab:red", fontsize=9)
     fig.tight_layout()
     written = [path.with_suffix(".png")]
     fig.savefig(written[0], dpi=120)
@@ -52,7 +55,8 @@ def plot_analytic(out: Path, pdf: bool = False, lo: float = 0.01, hi: float = 2.
     return save(fig, out / "analytic", pdf)
 
 
-def plot_slice_1d(alphas: np.ndarray, losses: dict, objectives: dict, out: Path, pdf: bool) -> list[Path]:
+def plot_slice_1d(alphas: np.ndarray, losses: dict, objectives: dict, out: Path, pdf: bool,
+                  note: str | None = None) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, values in losses.items():
         axes[0].plot(alphas, values, label=name)
@@ -67,10 +71,10 @@ def plot_slice_1d(alphas: np.ndarray, losses: dict, objectives: dict, out: Path,
         ax.legend(fontsize=7)
     axes[0].set_ylabel("loss")
     axes[1].set_ylabel("objective − objective(0)")
-    return save(fig, out / "slice_1d", pdf)
+    return save(fig, out / "slice_1d", pdf, note)
 
 
-def plot_slice_2d(axis: np.ndarray, surfaces: dict, out: Path, pdf: bool) -> list[Path]:
+def plot_slice_2d(axis: np.ndarray, surfaces: dict, out: Path, pdf: bool, note: str | None = None) -> list[Path]:
     """Contour and surface plot per loss term and objective."""
     a, b = np.meshgrid(axis, axis, indexing="ij")
     fig = plt.figure(figsize=(4.2 * len(surfaces), 7.6))
@@ -87,10 +91,10 @@ def plot_slice_2d(axis: np.ndarray, surfaces: dict, out: Path, pdf: bool) -> lis
         ax3.set_xlabel("α")
         ax3.set_ylabel("β")
         ax3.set_zlabel(name, fontsize=7)
-    return save(fig, out / "slice_2d", pdf)
+    return save(fig, out / "slice_2d", pdf, note)
 
 
-def plot_curves(runs: dict[str, dict], out: Path, pdf: bool) -> list[Path]:
+def plot_curves(runs: dict[str, dict], out: Path, pdf: bool, note: str | None = None) -> list[Path]:
     """Raw losses (log scale), log losses and effective weights over steps, runs overlaid."""
     terms = sorted({k[len("loss/"):] for series in runs.values() for k in series if k.startswith("loss/")})
     panels = [("loss/", "loss", True), ("log_loss/", "log loss", False), ("weight/", "weight", False)]
@@ -107,4 +111,4 @@ def plot_curves(runs: dict[str, dict], out: Path, pdf: bool) -> list[Path]:
             if log_scale:
                 ax.set_yscale("log")
             ax.legend(fontsize=7)
-    return save(fig, out / "curves", pdf)
+    return save(fig, out / "curves", pdf, note)

@@ -18,8 +18,9 @@ from scipy import stats  # noqa: E402
 
 from ..run import metric_series  # noqa: E402
 
-COLUMNS = ["method", "image", "seed", "status", "psnr", "ssim", "lpips", "lpips_meaningful", "wall_time_s",
-           "iterations", "warnings", "collapse", "error", "folder"]
+COLUMNS = ["method", "image", "seed", "status", "psnr", "ssim", "lpips", "lpips_meaningful", "random_networks",
+           "wall_time_s", "iterations", "warnings", "collapse", "error", "folder"]
+RANDOM_LPIPS = "random network: not meaningful"
 METRICS = [("psnr", "PSNR (dB)", max), ("ssim", "SSIM", max), ("lpips", "LPIPS", min)]
 
 
@@ -38,6 +39,7 @@ def collect(runs: list[dict]) -> list[dict]:
             kinds = [w["kind"] for w in s.get("warnings", [])]
             row.update(status="ok" if s.get("completed") else "incomplete", psnr=s["psnr"], ssim=s["ssim"],
                        lpips=s.get("lpips"), lpips_meaningful=s.get("lpips_meaningful"),
+                       random_networks=";".join(k for k, v in s.get("network_weights", {}).items() if v == "random"),
                        wall_time_s=s["wall_time_s"], iterations=s["iterations"], warnings=";".join(kinds),
                        collapse="collapsed" if "flat_collapse" in kinds else "ok", error=s.get("error") or "")
         else:
@@ -54,9 +56,32 @@ def write_csv(rows: list[dict], path: Path) -> None:
             writer.writerow({k: ("" if row.get(k) is None else row.get(k, "")) for k in COLUMNS})
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation; None for the spread of a single value."""
     arr = np.asarray(values, dtype=float)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else None
+
+
+def _cell(value: tuple[float, float | None] | None, digits: int, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    mean = f"{value[0]:+.{digits}f}" if signed else f"{value[0]:.{digits}f}"
+    return f"{mean} (n = 1, no spread)" if value[1] is None else f"{mean} ± {value[1]:.{digits}f}"
+
+
+def random_networks(rows: list[dict]) -> dict[str, list[str]]:
+    """Settings whose network ran on random weights in some run: {'metric': [...], 'terms': [...]}."""
+    keys = sorted({k for r in rows for k in (r.get("random_networks") or "").split(";") if k})
+    return {"metric": [k for k in keys if k.startswith("eval.")],
+            "terms": [k.split(".")[2] for k in keys if k.startswith("loss.terms.")]}
+
+
+def random_terms_note(rows: list[dict]) -> str | None:
+    terms = random_networks(rows)["terms"]
+    if not terms:
+        return None
+    return (f"loss terms {', '.join(terms)} ran on randomly initialised networks: their values, and the weights "
+            "balancing them, say nothing about real perceptual losses")
 
 
 def aggregate(rows: list[dict]) -> dict[str, dict]:
@@ -96,25 +121,29 @@ def paired(rows: list[dict], baseline: str) -> dict[str, dict]:
 
 def markdown(rows: list[dict], baseline: str) -> str:
     table = aggregate(rows)
+    random_lpips = bool(random_networks(rows)["metric"])
     best = {}
     for key, _, pick in METRICS:
         candidates = {m: e[key][0] for m, e in table.items() if e[key] is not None}
-        if candidates:
+        if candidates and not (key == "lpips" and random_lpips):
             best[key] = pick(candidates, key=candidates.get)
     comparison = paired(rows, baseline)
+    lpips_header = f"LPIPS ({RANDOM_LPIPS})" if random_lpips else "LPIPS"
     lines = [f"Mean ± std over seeds and images; best in bold. Paired: PSNR difference against `{baseline}` "
-             "on the same image and seed (mean ± std, wins, paired t-test p).", "",
-             "| method | runs ok | PSNR (dB) | SSIM | LPIPS | time (s) | collapsed | Δ PSNR vs baseline | wins | p |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "on the same image and seed (mean ± std, wins, paired t-test p).", ""]
+    if random_lpips:
+        lines += ["**LPIPS here comes from a randomly initialised backbone: not meaningful, and not ranked.**", ""]
+    if (note := random_terms_note(rows)) is not None:
+        lines += [f"**Note: {note}.**", ""]
+    lines += [f"| method | runs ok | PSNR (dB) | SSIM | {lpips_header} | time (s) | collapsed | Δ PSNR vs baseline | "
+              "wins | p |", "|---|---|---|---|---|---|---|---|---|---|"]
     for method, entry in table.items():
         cells = []
         for key, _, _ in METRICS + [("wall_time_s", "", None)]:
-            value = entry[key]
-            digits = 2 if key in ("psnr", "wall_time_s") else 4
-            text = "–" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+            text = _cell(entry[key], 2 if key in ("psnr", "wall_time_s") else 4)
             cells.append(f"**{text}**" if best.get(key) == method else text)
         c = comparison.get(method)
-        diff = "–" if c is None else f"{c['diff'][0]:+.2f} ± {c['diff'][1]:.2f}"
+        diff = "–" if c is None else _cell(c["diff"], 2, signed=True)
         wins = "–" if c is None else f"{c['wins']}/{c['n']}"
         p = "–" if c is None or math.isnan(c["p"]) else f"{c['p']:.3f}"
         lines.append(f"| {method} | {entry['ok']}/{entry['runs']} | " + " | ".join(cells)
@@ -130,14 +159,17 @@ def markdown(rows: list[dict], baseline: str) -> str:
 def plot_metrics(rows: list[dict], path: Path) -> None:
     table = aggregate(rows)
     methods = list(table)
+    random_lpips = bool(random_networks(rows)["metric"])
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.5))
     for ax, (key, label, _) in zip(axes, METRICS):
         means = [table[m][key][0] if table[m][key] else np.nan for m in methods]
-        errors = [table[m][key][1] if table[m][key] else 0 for m in methods]
-        ax.bar(range(len(methods)), means, yerr=errors, capsize=4, color="tab:blue")
+        errors = [(table[m][key][1] or 0) if table[m][key] else 0 for m in methods]
+        random = key == "lpips" and random_lpips
+        ax.bar(range(len(methods)), means, yerr=errors, capsize=4, color="tab:grey" if random else "tab:blue")
         ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
         ax.set_ylabel(label)
-        ax.set_title(f"{label}, mean ± std")
+        ax.set_title(f"{label}, mean ± std" + (f"\n{RANDOM_LPIPS}" if random else ""),
+                     color="tab:red" if random else "black", fontsize=9 if random else None)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -164,6 +196,8 @@ def plot_curves(rows: list[dict], path: Path, prefix: str, ylabel: str) -> None:
         if prefix == "loss/":
             ax.set_yscale("log")
         ax.legend(fontsize=7)
+    if (note := random_terms_note(rows)) is not None:
+        fig.suptitle(note, color="tab:red", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import UserError
+from ..config import Config, load_config
+from ..errors import UserError, program_name
 from ..run import METRICS, metric_series
 from . import landscape, plots
 
@@ -20,7 +21,7 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="visualize_geometric_loss.py", epilog=EXAMPLES,
+    parser = argparse.ArgumentParser(prog=program_name(), epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Loss-landscape figures (PNG, and PDF with --pdf).")
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -61,14 +62,42 @@ def main(argv: list[str] | None = None) -> int:
             missing = [str(r) for r in args.runs if not (r / METRICS).is_file()]
             if missing:
                 raise UserError(f"not a run folder (no metrics.jsonl): {missing[0]}")
-            written = plots.plot_curves({r.name if r.name else str(r): metric_series(r) for r in args.runs},
-                                        args.out, args.pdf)
+            runs = list(dict.fromkeys(r.resolve() for r in args.runs))
+            written = plots.plot_curves({label: metric_series(r) for label, r in zip(run_labels(runs), runs)},
+                                        args.out, args.pdf, note=random_note([_run_config(r) for r in runs]))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     for path in written:
         print(path)
     return 0
+
+
+def run_labels(folders: list[Path]) -> list[str]:
+    """The shortest trailing paths that tell the folders apart: runs/ablation/x/gm/a_seed0 and
+    .../equal/a_seed0 become gm/a_seed0 and equal/a_seed0 (never one label for two runs)."""
+    parts = [f.parts for f in folders]
+    for depth in range(1, max((len(p) for p in parts), default=1) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(f) for f in folders]
+
+
+def _run_config(folder: Path) -> Config | None:
+    try:
+        return load_config(folder / "config.yaml")
+    except UserError:
+        return None
+
+
+def random_note(configs: list[Config | None]) -> str | None:
+    """A line for figures that show numbers from randomly initialised networks, else None."""
+    keys = sorted({k for c in configs if c is not None for k, v in c.network_weights().items() if v == "random"})
+    terms = [k.split(".")[2] for k in keys if k.startswith("loss.terms.")]
+    if not terms:
+        return None
+    return f"{', '.join(terms)}: randomly initialised networks (values not comparable with pretrained ones)"
 
 
 def _empirical(args) -> list[Path]:
@@ -84,13 +113,14 @@ def _empirical(args) -> list[Path]:
         fitter = landscape.load_fitter(args.config, args.image, tuple(args.overrides))
         run_weights, label = None, ""
     weights = {name: term.weight for name, term in fitter.cfg.loss.active_terms().items()}
+    note = random_note([fitter.cfg])
     written = []
     if 1 in args.dims:
         alphas, losses = landscape.slice_1d(fitter, args.points, args.span, args.seed)
         objectives = landscape.totals(losses, weights, run_weights=run_weights, run_label=label)
-        written += plots.plot_slice_1d(alphas, losses, objectives, args.out, args.pdf)
+        written += plots.plot_slice_1d(alphas, losses, objectives, args.out, args.pdf, note)
     if 2 in args.dims:
         axis, surfaces = landscape.slice_2d(fitter, args.points, args.span, args.seed)
         surfaces.update(landscape.totals(surfaces, weights, run_weights=run_weights, run_label=label))
-        written += plots.plot_slice_2d(axis, surfaces, args.out, args.pdf)
+        written += plots.plot_slice_2d(axis, surfaces, args.out, args.pdf, note)
     return written

@@ -31,6 +31,11 @@ class Renderer(ABC):
     def render(self, scene: Scene, height: int, width: int, return_alpha: bool = False):
         """Returns (B, 3, H, W) colour, and (B, 1, H, W) accumulated alpha if asked."""
 
+    def step_bytes(self, count: int, batch: int, height: int, width: int, tiles_per_triangle: float) -> float:
+        """Estimated peak memory of one forward+backward over `count` triangles (all scenes),
+        for the check a run makes before it allocates anything."""
+        return 0.0
+
     def __call__(self, scene: Scene, height: int, width: int, return_alpha: bool = False):
         return self.render(scene, height, width, return_alpha)
 

@@ -72,6 +72,10 @@ class NvdiffrastRenderer(Renderer):
                             "use render.backend=torch (or auto)")
         self._contexts: dict[str, object] = {}
 
+    def step_bytes(self, count, batch, height, width, tiles_per_triangle):
+        """Per peeled layer: rasterizer output, attributes and the antialiased layer (float32)."""
+        return batch * height * width * self.max_layers * 16 * 4 + count * 3 * 4 * 4
+
     def _context(self, device: torch.device):
         key = str(device)
         if key not in self._contexts:

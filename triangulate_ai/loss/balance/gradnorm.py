@@ -3,8 +3,9 @@
 w = T * softmax(theta) (so sum w = T, as in LibMTL `weighting/GradNorm.py`). Each step:
 G_i = w_i * ||grad_W L_i|| over the shared parameters W, r_i = (L_i / L_i(0)) / mean_j(...),
 L_grad = sum_i |G_i - mean(G) * r_i^alpha| (target detached), and theta takes one step of its own
-Adam on L_grad. The total uses this step's weights, detached. L_i(0) is the loss at step 0, or
-the mean over the first `warmup_steps` steps, during which the weights stay 1.
+Adam on L_grad. The total uses this step's weights, detached. L_i(0) is the mean loss over steps
+0..warmup_steps, i.e. warmup_steps + 1 steps (step 0 alone by default), during which the
+weights stay 1.
 The norms cost one extra backward pass per term.
 """
 
