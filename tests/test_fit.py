@@ -81,7 +81,7 @@ def test_non_finite_loss_stops_before_updating_and_names_the_term(tmp_path):
         fitter.run([rec])
     assert fitter.step == 12 and fitter.parameters_finite()
     assert (tmp_path / CHECKPOINT).is_file()
-    assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["fitter"]["step"] == 10
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["fitter"]["step"] == 10
 
 
 def test_fixed_balancer_weights_are_the_gradient_of_the_total():

@@ -114,7 +114,7 @@ def test_nan_at_step_k_stops_with_message_outputs_and_a_good_checkpoint(image_pa
     assert main(["--image", str(image_path), "--out", str(out), *QUICK]) == 1
     err = capsys.readouterr().err
     assert "error: loss term 'l1' became nan at step 13" in err
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["fitter"]["step"] == 13
     assert all(torch.isfinite(t).all() for t in state["fitter"]["triangles"].values())
     summary = json.loads((out / "summary.json").read_text())

@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     cfg, folder = _config_and_folder(args)
+    run = Run(cfg, folder, resume=args.resume is not None, overwrite=args.overwrite, on_warning=_print_warning)
     for line in random_network_warnings(cfg):
         print(f"warning: {line}", file=sys.stderr)
-    run = Run(cfg, folder, resume=args.resume is not None, overwrite=args.overwrite, on_warning=_print_warning)
     if run.note:
         print(run.note)
     print(banner(cfg, run.image, run.fitter, run.device, run.folder, resumed=args.resume is not None))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import pickle
 import platform
 import time
 from pathlib import Path
@@ -56,10 +57,11 @@ def read_checkpoint(path: Path, device: torch.device) -> dict:
         state = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: no checkpoint there") from None
-    except Exception as exc:  # corrupt, truncated, foreign or malicious: all refused the same way
-        reason = " ".join(str(exc).split())
-        reason = reason if len(reason) <= 160 else reason[:157] + "..."
-        raise UserError(f"{path}: not a readable TriangulateAI checkpoint ({type(exc).__name__}: {reason})") from None
+    except pickle.UnpicklingError:
+        raise UserError(f"{path}: refused: it is not a checkpoint of tensors and plain values (loading its "
+                        "Python objects could run code from the file)") from None
+    except Exception as exc:  # corrupt or truncated: torch's messages are long, name only the kind
+        raise UserError(f"{path}: not a readable checkpoint: corrupt or truncated ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise UserError(f"{path}: not a TriangulateAI checkpoint of format {CHECKPOINT_FORMAT} (found {found!r})")

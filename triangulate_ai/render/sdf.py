@@ -2,7 +2,7 @@
 
 The exact Euclidean distance (not the min over the three half-plane distances) is used: the
 half-plane form overestimates coverage by up to 0.36 past acute vertices and has long spikes
-there, which would break bounding-box culling (see REFERENCES.md, "Soft coverage").
+there, which would break bounding-box culling.
 """
 
 from __future__ import annotations
