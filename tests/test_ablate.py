@@ -100,3 +100,100 @@ def test_shipped_ablation_configs_plan(name, tmp_path):
     cfg = load_ablation(path)
     runs = plan(cfg, path, tmp_path)
     assert len(runs) == len(cfg.methods) * len(cfg.images) * len(cfg.seeds)
+
+
+def test_changed_settings_are_refused_naming_the_keys_and_old_results_stay(tmp_path, capsys):
+    config = _ablation(tmp_path, "local")
+    assert main(["--config", str(config), "--seeds", "0"]) == 0
+    recorded = (tmp_path / "out" / "ablation.yaml").read_text()
+    results = (tmp_path / "out" / "results.csv").read_text()
+    capsys.readouterr()
+    assert main(["--config", str(config), "--seeds", "0", "--set", "optim.iterations=20"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "optim.iterations: 12 -> 20" in err[0] and "--out" in err[0]
+    assert (tmp_path / "out" / "ablation.yaml").read_text() == recorded  # still says what the runs are
+    assert (tmp_path / "out" / "results.csv").read_text() == results
+    other = tmp_path / "longer"
+    assert main(["--config", str(config), "--seeds", "0", "--set", "optim.iterations=20", "--out", str(other)]) == 0
+    assert {r["iterations"] for r in csv.DictReader(open(other / "results.csv"))} == {"20"}
+
+
+def test_command_line_cuts_the_grid_down(tmp_path, capsys):
+    config = _ablation(tmp_path, "local")
+    out = tmp_path / "cut"
+    assert main(["--config", str(config), "--methods", "gm", "--seeds", "1", "--images", "a", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["method"], r["image"], r["seed"]) for r in rows] == [("gm", "a", "1")]
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/*/summary.json")) == ["gm/a_seed1/summary.json"]
+    assert not (tmp_path / "out").exists()  # the config's output: is not touched
+    capsys.readouterr()
+    assert main(["--config", str(config), "--methods", "nope"]) == 2
+    assert "--methods: 'nope' is not a method" in capsys.readouterr().err
+    assert main(["--config", str(config), "--images", "missing"]) == 2
+    assert "--images: 'missing'" in capsys.readouterr().err
+
+
+def test_a_run_held_by_another_runner_is_skipped_and_not_touched(tmp_path, capsys):
+    from triangulate_ai.experiments.ablate import load_ablation, lock_path, plan, run_lock
+
+    config = _ablation(tmp_path, "local")
+    runs = plan(load_ablation(config), config, tmp_path / "out")
+    held = next(r for r in runs if r["method"] == "gm" and r["seed"] == 0)
+    with run_lock(lock_path(tmp_path / "out", held)) as got:
+        assert got
+        assert main(["--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "gm / a / seed 0: skipped: another runner is working on it" in out
+    assert not Path(held["folder"]).exists()
+    assert sum(r["status"] == "ok" for r in _rows(tmp_path)) == 3
+    assert main(["--config", str(config)]) == 0  # the lock is gone: the run is done now
+    assert sum(r["status"] == "ok" for r in _rows(tmp_path)) == 4
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        text = (task / "children").read_text() if (task / "children").exists() else ""
+        found |= {int(p) for p in text.split()}
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to find the workers")
+def test_workers_end_when_the_runner_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = _ablation(tmp_path, "local")
+    data = yaml.safe_load(config.read_text())
+    data["set"]["optim.iterations"] = 100000  # a fit that outlives the runner by far
+    data["executor"]["workers"] = 1
+    config.write_text(yaml.safe_dump(data))
+    runner = subprocess.Popen([sys.executable, "-m", "triangulate_ai.experiments.ablate", "--config", str(config)],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120  # a guard against hanging, not a speed limit
+    workers: set[int] = set()
+    while not list((tmp_path / "out").glob("*/*/metrics.jsonl")):
+        assert runner.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    workers = _children(runner.pid)
+    assert workers
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker outlived the runner"
+        time.sleep(0.1)
+    for pid in workers:  # reap, if we happen to be their new parent
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,3 +78,25 @@ def test_help_shows_an_example_for_each_mode():
     text = build_parser().format_help()
     for mode in ("analytic", "empirical", "curves"):
         assert f"visualize_geometric_loss.py {mode}" in text
+
+
+def test_runs_with_the_same_leaf_name_get_their_own_curves(run_folder, tmp_path, monkeypatch):
+    import shutil
+
+    from triangulate_ai.experiments import plots, visualize
+
+    for method in ("equal", "gm"):
+        shutil.copytree(run_folder, tmp_path / "abl" / method / "t_seed0")
+    seen = {}
+
+    def capture(runs, out, pdf, note=None):
+        seen.update(runs=runs, note=note)
+        return []
+
+    monkeypatch.setattr(plots, "plot_curves", capture)
+    assert main(["curves", *(str(tmp_path / "abl" / m / "t_seed0") for m in ("equal", "gm")),
+                 "--out", str(tmp_path / "figs")]) == 0
+    assert list(seen["runs"]) == ["equal/t_seed0", "gm/t_seed0"]
+    assert "vgg: randomly initialised" in seen["note"]  # the run's VGG term has random weights
+    paths = [Path("/r/x/a/run"), Path("/r/y/a/run"), Path("/r/z/b/run")]
+    assert visualize.run_labels(paths) == ["x/a/run", "y/a/run", "z/b/run"]

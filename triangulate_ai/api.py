@@ -249,7 +249,8 @@ def render(scene: Scene | TriangleSet, height: int, width: int, *, backend: str 
     try:
         renderer_cfg = RenderConfig(backend=backend, sigma=sigma)
     except ValueError as exc:
-        raise UserError(f"render: {exc.errors()[0]['msg']}") from None
+        err = exc.errors()[0]
+        raise UserError(f"render: {err['loc'][0]} = {err['input']!r}: {err['msg']}") from None
     return make_renderer(renderer_cfg)(scene, height, width, return_alpha)
 
 
