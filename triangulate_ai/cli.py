@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from .fit import Fitter
 from .io import TargetImage
 from .progress import ProgressBar
 from .run import CHECKPOINT
+from .stop import StopRequest
 
 EXIT_INTERRUPTED = 130
 
@@ -52,7 +52,7 @@ def _train(args: argparse.Namespace) -> int:
         print(run.note)
     print(banner(cfg, run.image, run.fitter, run.device, run.folder, resumed=args.resume is not None))
     progress = ProgressBar(cfg, run.fitter)
-    stop = _StopRequest()
+    stop = StopRequest("\nstopping after this step (Ctrl-C again to abort without saving)")
     failure = None
     try:
         with stop:
@@ -71,7 +71,8 @@ def _train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     if not result.completed:
-        print(f"interrupted at step {run.fitter.step}: checkpoint and outputs saved; continue with --resume {run.folder}")
+        print(f"interrupted at step {run.fitter.step}: checkpoint and outputs saved; "
+              f"continue with --resume {run.folder}")
         return EXIT_INTERRUPTED
     return 0
 
@@ -144,27 +145,3 @@ def _config_and_folder(args: argparse.Namespace) -> tuple[Config, Path]:
     folder = args.out or Path("runs") / Path(cfg.image.path).stem
     check_folder(folder)
     return cfg, folder
-
-
-class _StopRequest:
-    """First Ctrl-C asks the loop to stop after the current step; a second one aborts at once."""
-
-    def __init__(self) -> None:
-        self.flag = False
-        self._previous = None
-
-    def requested(self) -> bool:
-        return self.flag
-
-    def _handle(self, signum, frame) -> None:
-        if self.flag:
-            raise KeyboardInterrupt
-        self.flag = True
-        print("\nstopping after this step (Ctrl-C again to abort without saving)", file=sys.stderr)
-
-    def __enter__(self) -> "_StopRequest":
-        self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self._previous)

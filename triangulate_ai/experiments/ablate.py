@@ -34,6 +34,7 @@ from pydantic import Field, ValidationError
 from ..config import CLI, Section, load_config, safe_load
 from ..errors import UserError, program_name
 from ..io import write_atomic
+from ..stop import StopRequest
 from .report import write_report
 
 EXIT_INTERRUPTED = 130
@@ -177,7 +178,7 @@ def run_one(run: dict, threads: int, lock: str) -> dict:
         if not held:
             return {"folder": str(folder), "exit_code": None}
         (folder / "failed.json").unlink(missing_ok=True)
-        stop = _StopOnSigint()
+        stop = StopRequest()  # Ctrl-C in the terminal reaches the workers too: finish the step, save
         try:
             cfg = load_config(run["base"], values=run["sets"], values_source="ablation")
             with stop:
@@ -194,29 +195,6 @@ def run_one(run: dict, threads: int, lock: str) -> dict:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "failed.json").write_text(json.dumps({"exit_code": code, "error": error}))
     return {"folder": str(folder), "exit_code": code}
-
-
-class _StopOnSigint:
-    """Ctrl-C in the terminal reaches the workers too: finish the step, save, and stop."""
-
-    def __init__(self) -> None:
-        self.flag = False
-        self._previous = None
-
-    def requested(self) -> bool:
-        return self.flag
-
-    def _handle(self, signum, frame) -> None:
-        self.flag = True
-
-    def __enter__(self) -> "_StopOnSigint":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 def _die_with_parent(parent: int) -> None:
