@@ -56,7 +56,9 @@ def test_random_size_controls_spread():
         pos = initial_triangles(cfg, target, bg, torch.Generator().manual_seed(0)).positions
         return (pos.amax(dim=2) - pos.amin(dim=2)).mean().item()
 
-    assert spread(0.05) == pytest.approx(0.05 / 2, rel=0.1)  # mean range of 3 uniforms: half the width
+    # vertices a third of a turn apart (+-0.5 rad) at radius U(0.5, 1) x size / 2: the bounding box
+    # of such a triangle spans about 1.63 x its mean radius (0.375 size), i.e. 0.61 x size
+    assert spread(0.05) == pytest.approx(0.61 * 0.05, rel=0.05)
     assert spread(0.2) == pytest.approx(4 * spread(0.05), rel=0.01)
 
 

@@ -99,6 +99,23 @@ def prepare_target(image: TargetImage, cfg: Config, device: torch.device):
     return target_np, target.to(device), background.to(device), None if mask is None else mask.to(device)
 
 
+def budget_values(overrides: Iterable[str] | dict, iterations: int | None, time_limit: float | None,
+                  target_psnr: float | None) -> dict[str, Any]:
+    """Config values of the budget shortcuts. A time limit without a step count (here or among the
+    overrides) makes the run time-bound: no step limit."""
+    keys = [item.partition("=")[0].strip() for item in overrides] if not isinstance(overrides, dict) else overrides
+    values: dict[str, Any] = {}
+    if iterations is not None:
+        values["optim.iterations"] = iterations
+    if time_limit is not None:
+        values["optim.time_limit"] = time_limit
+        if iterations is None and "optim.iterations" not in keys:
+            values["optim.iterations"] = None
+    if target_psnr is not None:
+        values["optim.target_psnr"] = target_psnr
+    return values
+
+
 def random_network_warnings(cfg: Config) -> list[str]:
     """One line per network that runs on random weights, saying what that means."""
     lines = []
@@ -184,10 +201,17 @@ class Run:
         """Run to the end (or until `should_stop`), then write the outputs. Raises FitFailed on a
         NaN/Inf loss, after writing the last good step's outputs when the parameters allow it."""
         error = None
+
+        def stop() -> str | None:
+            if should_stop():
+                return "interrupted"
+            return "target_psnr" if self.recorder.target_reached(self.fitter) else None
+
         try:
-            completed = self.fitter.run([self.recorder, *observers], should_stop)
+            completed = self.fitter.run([self.recorder, *observers], stop) != "interrupted"
         except NonFiniteLoss as exc:
             completed, error = False, str(exc)
+            self.fitter.stop_reason = "error"
             if not self.fitter.parameters_finite():  # a bad update already went in
                 raise FitFailed(error, None) from None
         summary = self.recorder.finish(self.fitter, completed, self.device, error)
@@ -204,22 +228,23 @@ class Run:
                          target=self.evaluator.target, metrics=summary, folder=self.folder)
 
 
-SHORTCUTS = {"triangles": "triangles.count", "iterations": "optim.iterations", "seed": "seed", "device": "device"}
+SHORTCUTS = {"triangles": "triangles.count", "seed": "seed", "device": "device"}
 
 
 def fit(image: ImageLike, config: str | Path | Config | None = None, *, out: str | Path | None = None,
         overwrite: bool = False, overrides: dict[str, Any] | None = None, progress: bool = False,
-        triangles: int | None = None, iterations: int | None = None, seed: int | None = None,
-        device: str | None = None) -> FitResult:
+        triangles: int | None = None, iterations: int | None = None, time_limit: float | None = None,
+        target_psnr: float | None = None, seed: int | None = None, device: str | None = None) -> FitResult:
     """Fit `image` (a path, an (H, W, 3|4) array or a PIL image) with triangles.
 
     `config` is a YAML file, a Config, or None for the defaults of configs/base.yaml;
     `overrides` maps dotted config keys to values (like --set), and the keyword shortcuts set
-    the common ones. With `out`, a run folder is written as by the command line (a new name is
-    taken if it exists, unless `overwrite`); without it nothing is written."""
+    the common ones (a `time_limit` without `iterations` bounds the run by time alone). With
+    `out`, a run folder is written as by the command line (a new name is taken if it exists,
+    unless `overwrite`); without it nothing is written."""
     values = {SHORTCUTS[name]: value for name, value in
-              (("triangles", triangles), ("iterations", iterations), ("seed", seed), ("device", device))
-              if value is not None}
+              (("triangles", triangles), ("seed", seed), ("device", device)) if value is not None}
+    values.update(budget_values(overrides or {}, iterations, time_limit, target_psnr))
     target = None
     if isinstance(image, (str, Path)):
         values["image.path"] = str(image)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .api import FitFailed, Run, check_folder, random_network_warnings
+from .api import FitFailed, Run, budget_values, check_folder, random_network_warnings
 from .config import Config, load_config
 from .errors import UserError, program_name
 from .fit import Fitter
@@ -28,6 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="run folder (default: runs/<image name>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set render.sigma=0.3 (repeatable)")
+    parser.add_argument("--iterations", type=int, metavar="N", help="optimisation steps (optim.iterations)")
+    parser.add_argument("--time", type=float, metavar="SECONDS",
+                        help="time budget of the optimisation loop (optim.time_limit); without --iterations (or "
+                             "--set optim.iterations=N) the run is bounded by time alone")
+    parser.add_argument("--target-psnr", type=float, metavar="DB",
+                        help="stop once the hard-edged export reaches this PSNR (optim.target_psnr), checked "
+                             "every eval.every steps")
     parser.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder instead of "
                         "choosing a new name")
@@ -102,13 +109,24 @@ def banner(cfg: Config, image: TargetImage, fitter: Fitter, device: torch.device
         ("regularizer", f"weight {cfg.regularizer.weight:g}" if cfg.regularizer.weight else "off"),
         ("modifiers", ", ".join(fitter.modifiers.names()) or "none"),
         ("networks", networks),
-        ("run", f"{'resuming at step ' + str(fitter.step) + ' of ' if resumed else ''}{cfg.optim.iterations} "
-                f"iterations, checkpoint every {cfg.checkpoint.every} -> {folder}"),
+        ("run", f"{'resuming at step ' + str(fitter.step) + ', ' if resumed else ''}{budget_text(cfg)}, "
+                f"checkpoint every {cfg.checkpoint.every} -> {folder}"),
     ]
     lines = [f"  {key:<12}{value}" for key, value in rows]
     if fitter.modifiers.names():  # the seeds' start-of-run line, for logs that grep for it
         lines.append(f"Enabled loss modifiers: {', '.join(fitter.modifiers.names())}")
     return "\n".join(lines)
+
+
+def budget_text(cfg: Config) -> str:
+    optim = cfg.optim
+    parts = [f"{optim.iterations} iterations"] if optim.iterations is not None else []
+    if optim.time_limit is not None:
+        parts.append(f"{optim.time_limit:g} s")
+    text = " or ".join(parts) + (", whichever comes first" if len(parts) > 1 else "")
+    if optim.target_psnr is not None:
+        text += f", or until the export reaches {optim.target_psnr:g} dB"
+    return text
 
 
 def final_table(summary: dict) -> str:
@@ -125,7 +143,8 @@ def final_table(summary: dict) -> str:
              row("flat mean", summary["psnr_flat_mean"], None, None)]
     if summary["lpips"] is not None and not summary["lpips_meaningful"]:
         lines.append("  LPIPS from a randomly initialised network: not meaningful")
-    lines.append(f"  {summary['iterations']} iterations in {summary['wall_time_s']:.1f} s, "
+    lines.append(f"  {summary['iterations']} iterations in {summary['wall_time_s']:.1f} s (stopped by "
+                 f"{summary['stopped_by']}), "
                  f"{len(summary['warnings'])} warning(s); summary.json has them all")
     return "\n".join(lines)
 
@@ -137,9 +156,12 @@ def _config_and_folder(args: argparse.Namespace) -> tuple[Config, Path]:
             raise UserError(f"nothing to resume in {args.resume}: it needs config.yaml and {CHECKPOINT}")
         if args.config or args.image or args.out:
             raise UserError("--resume takes its config, image and folder from the run; use --set to change values")
-        return load_config(resolved, args.overrides), args.resume
+        values = budget_values(args.overrides, args.iterations, args.time, args.target_psnr)
+        return load_config(resolved, args.overrides, values, values_source="--iterations/--time/--target-psnr"), \
+            args.resume
     values = {"image.path": str(args.image)} if args.image else {}
-    cfg = load_config(args.config, args.overrides, values, values_source="--image")
+    values.update(budget_values(args.overrides, args.iterations, args.time, args.target_psnr))
+    cfg = load_config(args.config, args.overrides, values, values_source="--image/--iterations/--time/--target-psnr")
     if cfg.image.path is None:
         raise UserError("no image given: pass --image PATH or set image.path in the config")
     folder = args.out or Path("runs") / Path(cfg.image.path).stem

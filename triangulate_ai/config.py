@@ -53,14 +53,26 @@ class ImageConfig(Section):
 Colour = list[float]
 
 
+class ProgressiveConfig(Section):
+    """init: progressive: start with `start` x count triangles (a coarse structure triangulation),
+    park the rest off the canvas, and bring them in at the largest errors, in batches every
+    `every` steps, all placed by `until` (share of the budget)."""
+
+    start: float = Field(0.1, gt=0, le=1)
+    every: int = Field(20, ge=1)
+    until: float = Field(0.4, gt=0, le=1)
+
+
 class TrianglesConfig(Section):
     count: int = Field(200, ge=1)
-    init: Literal["random", "grid"] = "random"
+    init: Literal["random", "grid", "structure", "progressive"] = "random"
     size: float = Field(0.12, gt=0, le=2)
     colors: Literal["target", "random"] = "target"
     opacity: float = Field(0.7, gt=0, lt=1)
     background: Union[Literal["white", "black", "mean"], Colour] = "mean"
     learn_background: bool = True
+    structure_uniform: float = Field(0.3, ge=0, le=1)  # structure init: share of points placed uniformly
+    progressive: ProgressiveConfig = ProgressiveConfig()
 
     @field_validator("background")
     @classmethod
@@ -86,9 +98,17 @@ class LearningRates(Section):
 
 
 class OptimConfig(Section):
-    iterations: int = Field(1000, ge=0)
+    iterations: Optional[int] = Field(1000, ge=0)  # None: no step limit (then time_limit ends the run)
+    time_limit: Optional[float] = Field(None, gt=0)  # seconds of the optimisation loop
+    target_psnr: Optional[float] = None  # dB of the hard-edged export, checked at each evaluation
     lr: LearningRates = LearningRates()
     betas: list[float] = [0.9, 0.999]
+
+    @model_validator(mode="after")
+    def _some_budget(self) -> "OptimConfig":
+        if self.iterations is None and self.time_limit is None:
+            raise ValueError("a run needs a budget: set iterations, time_limit or both")
+        return self
 
     @field_validator("betas")
     @classmethod
@@ -245,13 +265,18 @@ class LossConfig(Section):
 
 
 class ScheduleConfig(Section):
+    """A value over the run. `unit: steps` counts optimisation steps; `unit: fraction` counts the
+    share of the budget spent (0 to 1: steps / iterations or seconds / time_limit, whichever is
+    further), so the schedule ends with the run however the run ends."""
+
     type: Literal["piecewise", "linear", "cosine", "exponential"]
-    milestones: list[int] = []
+    unit: Literal["steps", "fraction"] = "steps"
+    milestones: list[float] = []
     values: list[float] = []
     start_value: Optional[float] = None
     end_value: Optional[float] = None
-    start_step: int = Field(0, ge=0)
-    end_step: Optional[int] = None
+    start_step: float = Field(0, ge=0)
+    end_step: Optional[float] = None
 
     @model_validator(mode="after")
     def _complete(self) -> "ScheduleConfig":
@@ -264,7 +289,26 @@ class ScheduleConfig(Section):
             raise ValueError("end_step must be >= start_step")
         elif self.type == "exponential" and not (self.start_value > 0 and self.end_value > 0):
             raise ValueError("exponential needs start_value and end_value > 0")
+        if self.unit == "fraction":
+            points = [*self.milestones, self.start_step] + ([self.end_step] if self.end_step is not None else [])
+            if any(p > 1 for p in points):
+                raise ValueError("with unit: fraction, milestones, start_step and end_step are shares of the "
+                                 "budget in [0, 1]")
         return self
+
+
+class RespawnConfig(Section):
+    """Move triangles that add nothing to where the error is largest."""
+
+    enabled: bool = False
+    every: int = Field(50, ge=1)  # steps between respawn events
+    until: float = Field(0.8, ge=0, le=1)  # no events after this share of the budget: the end refines
+    min_contribution: float = Field(1.0, ge=0)  # pixel-equivalents a triangle's colour must reach to live
+    min_area: float = Field(0.5, ge=0)  # square pixels: smaller triangles are degenerate, respawned
+    max_share: float = Field(0.1, gt=0, le=1)  # at most this share of the triangles per event
+    size: float = Field(1.0, gt=0)  # new triangles' side, x sqrt(image area / triangle count)
+    error_blur: int = Field(2, ge=0)  # box-filter radius (px) of the error map positions are drawn from
+    error_power: float = Field(2.0, ge=0)  # sampling density ~ blurred error ^ power
 
 
 class RegularizerConfig(Section):
@@ -364,6 +408,7 @@ class Config(Section):
     optim: OptimConfig = OptimConfig()
     loss: LossConfig = LossConfig()
     regularizer: RegularizerConfig = RegularizerConfig()
+    respawn: RespawnConfig = RespawnConfig()
     modifiers: ModifiersConfig = ModifiersConfig()
     schedules: dict[str, ScheduleConfig] = {}
     log: LogConfig = LogConfig()

@@ -6,12 +6,14 @@ results: observers (logging, checkpoints, progress bars) get a StepResult after 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
 
 from .config import BALANCER_OPTIONS, Config, RegularizerConfig
+from .densify import Densifier
 from .errors import UserError
 from .init import initial_triangles
 from .loss import build_terms
@@ -44,6 +46,8 @@ class StepResult:
     regularizer: float | None  # the triangle regulariser (unweighted), when its weight is > 0
     grad_norms: dict[str, float] | None = None  # per-term gradient norm on the shared parameters
     modifier_metrics: dict[str, float] = field(default_factory=dict)  # loss_modifiers/<Modifier>.<metric>
+    respawned: int | None = None  # triangles moved by a respawn/placement event after this step
+    progress: float = 0.0  # share of the budget spent when the step started
 
 
 class Observer(Protocol):
@@ -79,7 +83,32 @@ class Fitter:
         self.regularizer = TriangleRegularizer(cfg.regularizer)
         self.modifiers = build_pipeline(cfg.modifiers)
         self.schedules = Schedules(cfg.schedules, {path: self._setter(path) for path in cfg.schedules})
+        self.densifier = Densifier(cfg, self.triangles, cfg.seed)
         self.step = 0
+        self.elapsed = 0.0  # seconds spent in run(), across resumes
+        self.stop_reason: str | None = None
+
+    def progress(self, step: int | None = None) -> float:
+        """Share of the budget spent at the start of `step` (default: now), 0 to 1: steps /
+        iterations or seconds / time_limit, whichever is further along. Fraction-unit schedules
+        and respawn read it."""
+        optim = self.cfg.optim
+        step = self.step if step is None else step
+        shares = [0.0]
+        if optim.iterations is not None:
+            shares.append(step / optim.iterations if optim.iterations else 1.0)
+        if optim.time_limit:
+            shares.append(self.elapsed / optim.time_limit)
+        return min(max(shares), 1.0)
+
+    def budget_spent(self) -> str | None:
+        """Which budget has run out: "iterations", "time_limit", or None."""
+        optim = self.cfg.optim
+        if optim.iterations is not None and self.step >= optim.iterations:
+            return "iterations"
+        if optim.time_limit is not None and self.elapsed >= optim.time_limit:
+            return "time_limit"
+        return None
 
     def _setter(self, path: str) -> Callable[[float], None]:
         """How a scheduled config path reaches the live object that uses it."""
@@ -110,7 +139,8 @@ class Fitter:
         return self.renderer(self.triangles.scene(), self.height, self.width)
 
     def train_step(self) -> StepResult:
-        scheduled = self.schedules.apply(self.step)
+        progress = self.progress()
+        scheduled = self.schedules.apply(self.step, progress)
         pred = self.render()
         losses = self.compute_losses(pred)
         for name, value in losses.items():
@@ -130,6 +160,10 @@ class Fitter:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
+        respawned = None
+        if self.densifier.active and self.densifier.due(self.step, progress):  # between this step and the next
+            respawned = self.densifier(self.triangles, self.optimizer, self.renderer, self.target,
+                                       self.progress(self.step + 1))
         result = StepResult(
             step=self.step,
             losses={name: value.item() for name, value in losses.items()},
@@ -140,6 +174,8 @@ class Fitter:
             regularizer=regularizer,
             grad_norms=grad_norms,
             modifier_metrics=self.modifiers.metrics() if self.modifiers.active else {},
+            respawned=respawned,
+            progress=progress,
         )
         self.step += 1
         return result
@@ -159,16 +195,21 @@ class Fitter:
         params = [p for p in self.context.shared_params if p.requires_grad]
         return {name: float(grad_norm(loss, params)) for name, loss in losses.items()}
 
-    def run(self, observers: list[Observer], should_stop: Callable[[], bool] = lambda: False) -> bool:
-        """Steps until the configured iteration count; False if stopped early by `should_stop`,
-        which is only asked between steps so a stop never splits an update."""
-        while self.step < self.cfg.optim.iterations:
-            if should_stop():
-                return False
+    def run(self, observers: list[Observer], should_stop: Callable[[], str | None] = lambda: None) -> str:
+        """Steps until a budget runs out or `should_stop` names a reason; returns the reason:
+        "iterations", "time_limit", or what `should_stop` said (e.g. "interrupted"). Both are
+        asked only between steps, so a stop never splits an update. Time counts the loop,
+        observers included."""
+        started, before = time.perf_counter(), self.elapsed
+        while True:
+            self.elapsed = before + time.perf_counter() - started
+            reason = self.budget_spent() or should_stop()
+            if reason:
+                self.stop_reason = reason
+                return reason
             result = self.train_step()
             for observer in observers:
                 observer.on_step(self, result)
-        return True
 
     def parameters_finite(self) -> bool:
         return all(torch.isfinite(p).all() for p in self.triangles.parameters())
@@ -179,13 +220,17 @@ class Fitter:
             "triangles": self.triangles.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "balancer": self.balancer.state_dict(),
+            "elapsed": self.elapsed,
+            "densifier": self.densifier.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.triangles.load_state_dict(state["triangles"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.balancer.load_state_dict(state["balancer"])
+        self.densifier.load_state_dict(state["densifier"])
         self.step = int(state["step"])
+        self.elapsed = float(state["elapsed"])
 
 
 def _check_term(name: str, term, target: torch.Tensor, mask: torch.Tensor | None) -> None:

@@ -31,17 +31,111 @@ def initial_triangles(cfg: TrianglesConfig, target: torch.Tensor, background: to
                       generator: torch.Generator) -> TriangleSet:
     """TriangleSet for targets (B, 3, H, W), deterministic for a given generator state."""
     batch, _, height, width = target.shape
+    count = cfg.count
     if cfg.init == "random":
-        vertices = _random_vertices(batch, cfg.count, cfg.size, height, width, generator)
-    else:
-        vertices = _grid_vertices(batch, cfg.count, height, width)
+        vertices = _random_vertices(batch, count, cfg.size, height, width, generator)
+    elif cfg.init == "grid":
+        vertices = _grid_vertices(batch, count, height, width)
+    else:  # structure; progressive starts from a coarse structure and parks the rest
+        active = count if cfg.init == "structure" else max(1, round(cfg.progressive.start * count))
+        vertices = structure_vertices(target, active, cfg.structure_uniform, generator)
+        if active < count:
+            vertices = torch.cat([vertices, parked_vertices(batch, count - active)], dim=1)
     vertices = vertices.to(target.dtype)
     if cfg.colors == "target":
-        colors = sample_colors(target, vertices.mean(dim=2))
+        colors = triangle_colors(target, vertices)
     else:
-        colors = torch.rand(batch, cfg.count, 3, generator=generator).to(target.dtype)
-    opacity = torch.full((batch, cfg.count), cfg.opacity, dtype=target.dtype)
+        colors = torch.rand(batch, count, 3, generator=generator).to(target.dtype)
+    opacity = torch.full((batch, count), cfg.opacity, dtype=target.dtype)
     return TriangleSet(vertices, colors, opacity, background, cfg.learn_background)
+
+
+PARKED = -4.0  # parked triangles sit at this point, far off the canvas: no tile, no cost, no pixel
+
+
+def parked_vertices(batch: int, count: int) -> torch.Tensor:
+    """Zero-area triangles off the canvas, waiting to be placed (progressive init)."""
+    return torch.full((batch, count, 3, 2), PARKED)
+
+
+def triangle_colors(target: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
+    """Mean target colour over seven points of each triangle (centroid, and the points halfway
+    from it to the vertices and to the edge midpoints): close to the area mean, cheaply."""
+    centroid = vertices.mean(dim=2, keepdim=True)
+    midpoints = (vertices + vertices.roll(1, dims=2)) / 2
+    points = torch.cat([centroid, (centroid + vertices) / 2, (centroid + midpoints) / 2], dim=2)  # (B, T, 7, 2)
+    batch, count = vertices.shape[:2]
+    samples = sample_colors(target, points.reshape(batch, count * 7, 2).to(target.dtype))
+    return samples.reshape(batch, count, 7, 3).mean(dim=2).clamp(0, 1)
+
+
+def structure_vertices(target: torch.Tensor, count: int, uniform: float, generator: torch.Generator) -> torch.Tensor:
+    """(B, count, 3, 2) Delaunay triangles over points drawn with density following the target's
+    edges (Sobel magnitude of its luminance), a `uniform` share spread evenly, and points on the
+    border so the triangulation covers the canvas."""
+    batch, _, height, width = target.shape
+    out = []
+    for b in range(batch):
+        density = edge_density(target[b:b + 1], uniform)
+        border = _border_points(count, height, width)
+        interior = max(1, -(-(count - len(border) + 2) // 2))  # T = 2 P_in + P_border - 2
+        while True:
+            points = torch.cat([border, _sample_points(density, interior, generator)])
+            tris = _delaunay(points)
+            if len(tris) >= count or interior > 4 * count + 16:
+                break
+            interior += max(1, (count - len(tris) + 1) // 2)
+        areas = _areas(tris)
+        keep = torch.argsort(areas, descending=True, stable=True)[:count]  # drop the smallest extras
+        tris = tris[keep.sort().values]
+        if len(tris) < count:  # tiny images: repeat triangles rather than fail
+            tris = tris[torch.arange(count) % len(tris)]
+        out.append(tris / torch.tensor([width, height], dtype=tris.dtype))
+    return torch.stack(out).float()
+
+
+def edge_density(target: torch.Tensor, uniform: float) -> torch.Tensor:
+    """(H, W) probabilities: (1 - uniform) x normalised Sobel magnitude + uniform / pixels."""
+    grey = (target[:, :3].float() * target.new_tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1, keepdim=True)
+    grey = torch.nn.functional.avg_pool2d(grey, 3, stride=1, padding=1, count_include_pad=False)
+    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])
+    weights = torch.stack([kx, kx.T])[:, None]
+    grad = torch.nn.functional.conv2d(torch.nn.functional.pad(grey, (1, 1, 1, 1), mode="replicate"), weights)
+    magnitude = grad.square().sum(1)[0].sqrt()
+    total = float(magnitude.sum())
+    edges = magnitude / total if total > 0 else torch.full_like(magnitude, 1 / magnitude.numel())
+    return (1 - uniform) * edges + uniform / magnitude.numel()
+
+
+def _sample_points(density: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` points (pixel units) drawn from a pixel density, jittered within their pixel."""
+    height, width = density.shape
+    flat = torch.multinomial(density.reshape(-1).double(), count, replacement=True, generator=generator)
+    jitter = torch.rand(count, 2, generator=generator, dtype=torch.float64)
+    return torch.stack([flat % width, flat // width], dim=1).double() + jitter
+
+
+def _border_points(count: int, height: int, width: int) -> torch.Tensor:
+    """The corners and points spaced evenly along the edges, about sqrt(count) in all."""
+    per_side = max(1, round(count ** 0.5 / 4))
+    t = torch.linspace(0, 1, per_side + 1, dtype=torch.float64)[:-1]
+    w, h = float(width), float(height)
+    edges = [torch.stack([t * w, torch.zeros_like(t)], 1), torch.stack([torch.full_like(t, w), t * h], 1),
+             torch.stack([w - t * w, torch.full_like(t, h)], 1), torch.stack([torch.zeros_like(t), h - t * h], 1)]
+    return torch.cat(edges)
+
+
+def _delaunay(points: torch.Tensor) -> torch.Tensor:
+    from scipy.spatial import Delaunay
+
+    simplices = Delaunay(points.numpy()).simplices
+    tris = points[torch.from_numpy(simplices).long()]  # (T, 3, 2)
+    return tris[_areas(tris) > 1e-9]
+
+
+def _areas(tris: torch.Tensor) -> torch.Tensor:
+    ab, ac = tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 0]
+    return 0.5 * (ab[:, 0] * ac[:, 1] - ab[:, 1] * ac[:, 0]).abs()
 
 
 def sample_colors(target: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -54,12 +148,14 @@ def sample_colors(target: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 def _random_vertices(batch: int, count: int, size: float, height: int, width: int,
                      generator: torch.Generator) -> torch.Tensor:
-    """Centres uniform on the canvas; vertices spread `size` x the longer side around them."""
+    """Centroids uniform on the canvas; three vertices around each at radius `size` / 2 x the longer
+    side (x 0.5 to 1), at angles a third of a turn apart (+-0.5 rad): no needles, no zero areas."""
     centres = torch.rand(batch, count, 1, 2, generator=generator)
-    longer = max(height, width)
-    scale = torch.tensor([size * longer / width, size * longer / height])
-    offsets = (torch.rand(batch, count, 3, 2, generator=generator) - 0.5) * scale
-    return centres + offsets
+    turn = torch.rand(batch, count, 1, generator=generator) * (2 * math.pi)
+    angles = turn + torch.arange(3) * (2 * math.pi / 3) + (torch.rand(batch, count, 3, generator=generator) - 0.5)
+    radius = size * max(height, width) / 2 * (0.5 + 0.5 * torch.rand(batch, count, 3, generator=generator))
+    offsets = torch.stack([angles.cos() * radius / width, angles.sin() * radius / height], dim=-1)
+    return centres + offsets - offsets.mean(dim=2, keepdim=True)  # the centroid is the drawn centre
 
 
 def _grid_vertices(batch: int, count: int, height: int, width: int) -> torch.Tensor:

@@ -124,19 +124,29 @@ class RunRecorder:
         to_jsonl = step % self.log_every == 0 or done == self.iterations
         to_board = self.tensorboard is not None and step % self.tb_cfg.log_freq == 0
         evaluated = self.pending is not None and self.pending[0] == step
-        if to_jsonl or to_board or evaluated or result.grad_norms:
+        if to_jsonl or to_board or evaluated or result.grad_norms or result.respawned is not None:
             record = {"step": step, **self._train_record(fitter, result)}
             if evaluated:
                 record.update({f"eval/{k}": v for k, v in self.pending[1].items()})
                 self.pending = None
-            self._emit(record, jsonl=to_jsonl or evaluated or bool(result.grad_norms),
+            self._emit(record, jsonl=to_jsonl or evaluated or bool(result.grad_norms) or result.respawned is not None,
                        images=self._images(fitter, result), render=result.render)
         if step % self.gif_every == 0:
             self.frames.append(_gif_frame(to_numpy_image(result.render[0])))
-        if done % self.eval_every == 0 and done < self.iterations:
+        if done % self.eval_every == 0 and self._before_end(done):
             self.pending = (done, self._evaluate(fitter))
-        if done % self.ckpt_every == 0 and done < self.iterations:
+        if done % self.ckpt_every == 0 and self._before_end(done):
             self.save_checkpoint(fitter)
+
+    def _before_end(self, done: int) -> bool:
+        return self.iterations is None or done < self.iterations
+
+    def target_reached(self, fitter: Fitter) -> bool:
+        """Whether the latest evaluation (of the parameters the next step starts from) reached
+        optim.target_psnr: the hard-edged export is checked every eval.every steps."""
+        target = fitter.cfg.optim.target_psnr
+        return target is not None and self.pending is not None and self.pending[0] == fitter.step \
+            and self.pending[1]["psnr"] >= target
 
     def _train_record(self, fitter: Fitter, result: StepResult) -> dict:
         record = {
@@ -149,7 +159,10 @@ class RunRecorder:
             **{f"schedule/{k}": v for k, v in result.scheduled.items()},
             **{f"grad_norm/{k}": v for k, v in (result.grad_norms or {}).items()},
             **result.modifier_metrics,
+            "progress": round(result.progress, 5),
         }
+        if result.respawned is not None:
+            record["respawned"] = result.respawned
         if result.regularizer is not None:
             record.update(regularizer=result.regularizer, regularizer_weight=fitter.regularizer.weight)
         return record
@@ -279,6 +292,9 @@ class RunRecorder:
             **self.initial,
             "iterations": fitter.step,
             "iterations_planned": self.iterations,
+            "time_limit_s": fitter.cfg.optim.time_limit,
+            "target_psnr": fitter.cfg.optim.target_psnr,
+            "stopped_by": fitter.stop_reason,  # iterations | time_limit | target_psnr | interrupted | an error
             "completed": completed,
             "error": error,
             "warnings": self.warnings,

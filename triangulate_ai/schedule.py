@@ -12,11 +12,13 @@ from typing import Callable
 from .config import ScheduleConfig
 
 
-def schedule_value(cfg: ScheduleConfig, step: int) -> float:
-    """The scheduled value at `step` (0-based)."""
+def schedule_value(cfg: ScheduleConfig, step: int, progress: float = 0.0) -> float:
+    """The scheduled value at `step` (0-based), or at budget share `progress` for unit: fraction."""
+    if cfg.unit == "fraction":
+        step = progress
     if cfg.type == "piecewise":
         return cfg.values[sum(step >= m for m in cfg.milestones)]
-    span = max(cfg.end_step - cfg.start_step, 1)
+    span = max(cfg.end_step - cfg.start_step, 1 if cfg.unit == "steps" else 1e-12)
     p = min(max((step - cfg.start_step) / span, 0.0), 1.0)
     a, b = cfg.start_value, cfg.end_value
     if cfg.type == "linear":
@@ -33,11 +35,11 @@ class Schedules:
         self.schedules = schedules
         self.setters = setters
 
-    def apply(self, step: int) -> dict[str, float]:
-        """Set every scheduled value for `step`; returns them by path (for the logs)."""
+    def apply(self, step: int, progress: float = 0.0) -> dict[str, float]:
+        """Set every scheduled value for `step` (budget share `progress`); returns them by path."""
         current = {}
         for path, cfg in self.schedules.items():
-            value = schedule_value(cfg, step)
+            value = schedule_value(cfg, step, progress)
             self.setters[path](value)
             current[path] = value
         return current

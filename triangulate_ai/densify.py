@@ -1,0 +1,155 @@
+"""Respawn and progressive placement: triangles that add nothing move to where the error is.
+
+A triangle is dead when its colour reaches fewer than `min_contribution` pixel-equivalents of
+the picture (sum over pixels of its compositing weight alpha x transmittance above it, which is
+d sum(image) / d colour: one extra backward pass measures it for every renderer), or when its
+area is below `min_area` square pixels. Dead triangles (and, in progressive mode, the next batch
+of parked ones) are placed at positions drawn from the blurred error map, with the target's
+colour there, on top of the paint order, and with their Adam moments reset, as 3D Gaussian
+Splatting does when it densifies. This is part of the loop (it changes parameters between
+steps), and deterministic for a seed: its random generator travels in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .config import Config
+from .init import PARKED, sample_colors
+from .render import Scene
+from .render.base import Renderer
+from .triangles import TriangleSet, _logit
+
+PER_TRIANGLE = ("positions", "color_logits", "opacity_logits")  # parameters with a triangle axis (dim 1)
+
+
+class Densifier:
+    def __init__(self, cfg: Config, triangles: TriangleSet, seed: int) -> None:
+        self.respawn = cfg.respawn
+        self.progressive = cfg.triangles.progressive if cfg.triangles.init == "progressive" else None
+        self.opacity = cfg.triangles.opacity
+        self.generator = torch.Generator().manual_seed(seed + 7919)  # its own stream: init draws stay put
+        self.parked = (triangles.positions.detach() == PARKED).flatten(2).all(-1).cpu()  # (B, T)
+
+    @property
+    def active(self) -> bool:
+        return self.respawn.enabled or self.progressive is not None
+
+    def due(self, step: int, progress: float) -> bool:
+        """Whether an event runs after step `step` (0-based) at budget share `progress`."""
+        done = step + 1
+        placing = self.progressive is not None and bool(self.parked.any()) and done % self.progressive.every == 0
+        respawning = self.respawn.enabled and progress < self.respawn.until and done % self.respawn.every == 0
+        return placing or respawning
+
+    def wanted_active(self, progress: float) -> int:
+        """Triangles in play at this share of the budget (progressive): linear from the start."""
+        count = self.parked.shape[1]
+        first = max(1, round(self.progressive.start * count))
+        share = min(progress / self.progressive.until, 1.0)
+        return min(count, first + math.ceil((count - first) * share))
+
+    def __call__(self, triangles: TriangleSet, optimizer: torch.optim.Optimizer, renderer: Renderer,
+                 target: torch.Tensor, progress: float) -> int:
+        """One event: pick the slots per scene, place new triangles there, move them on top."""
+        height, width = target.shape[-2:]
+        with torch.no_grad():
+            render, contribution = _render_with_contribution(triangles, renderer, height, width)
+            area = _areas(triangles.positions.detach() * triangles.positions.new_tensor([width, height]))
+            error = (render - target).abs().mean(dim=1, keepdim=True)
+        slots = []
+        for b in range(triangles.batch_size):
+            chosen = []
+            if self.respawn.enabled and progress < self.respawn.until:
+                dead = ~self.parked[b] & ((contribution[b] < self.respawn.min_contribution)
+                                          | (area[b] < self.respawn.min_area)).cpu()
+                limit = max(1, int(self.respawn.max_share * triangles.count))
+                order = torch.argsort(contribution[b].cpu()[dead], stable=True)[:limit]
+                chosen.append(torch.nonzero(dead).flatten()[order])
+            if self.progressive is not None:
+                bring = self.wanted_active(progress) - int((~self.parked[b]).sum())
+                chosen.append(torch.nonzero(self.parked[b]).flatten()[:max(bring, 0)])
+            slots.append(torch.cat(chosen).unique() if chosen else torch.zeros(0, dtype=torch.long))
+        moved = sum(len(s) for s in slots)
+        if moved:
+            self._place(triangles, optimizer, error, target, slots)
+        return moved
+
+    def _place(self, triangles: TriangleSet, optimizer: torch.optim.Optimizer, error: torch.Tensor,
+               target: torch.Tensor, slots: list[torch.Tensor]) -> None:
+        height, width = target.shape[-2:]
+        count = triangles.count
+        side = self.respawn.size * math.sqrt(height * width / count)  # pixels
+        radius = self.respawn.error_blur
+        density = error if radius == 0 else torch.nn.functional.avg_pool2d(
+            error, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
+        blur = max(1, int(side / 3))
+        colour_map = torch.nn.functional.avg_pool2d(target, 2 * blur + 1, stride=1, padding=blur,
+                                                    count_include_pad=False)
+        order = torch.arange(count).expand(triangles.batch_size, count).clone()
+        fresh = torch.zeros(triangles.batch_size, count, dtype=torch.bool)
+        params = {name: getattr(triangles, name) for name in PER_TRIANGLE}
+        for b, idx in enumerate(slots):
+            if not len(idx):
+                continue
+            weights = density[b, 0].double().clamp_min(0).pow(self.respawn.error_power).flatten().cpu() + 1e-12
+            pick = torch.multinomial(weights, len(idx), replacement=True, generator=self.generator)
+            jitter = torch.rand(len(idx), 2, generator=self.generator, dtype=torch.float64)
+            centres = torch.stack([pick % width, pick // width], 1).double() + jitter  # pixels
+            angle = torch.rand(len(idx), 1, generator=self.generator, dtype=torch.float64) * (2 * math.pi / 3)
+            turns = angle + torch.arange(3, dtype=torch.float64) * (2 * math.pi / 3)  # (k, 3)
+            corners = centres[:, None, :] + side / math.sqrt(3) * torch.stack([turns.cos(), turns.sin()], -1)
+            scale = torch.tensor([width, height], dtype=torch.float64)
+            device, dtype = params["positions"].device, params["positions"].dtype
+            vertices = (corners / scale).to(device=device, dtype=dtype)
+            colours = sample_colors(colour_map[b:b + 1], (centres / scale)[None].to(device=device, dtype=dtype))[0]
+            with torch.no_grad():
+                params["positions"][b, idx.to(device)] = vertices
+                params["color_logits"][b, idx.to(device)] = _logit(colours)
+                params["opacity_logits"][b, idx.to(device)] = _logit(torch.full_like(colours[:, 0], self.opacity))
+            keep = torch.ones(count, dtype=torch.bool)
+            keep[idx] = False
+            order[b] = torch.cat([torch.nonzero(keep).flatten(), idx])  # placed ones go on top
+            fresh[b, count - len(idx):] = True
+            self.parked[b, idx] = False
+            self.parked[b] = self.parked[b][order[b]]
+        _reorder(params, optimizer, order, fresh)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "parked": self.parked.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.parked = state["parked"].cpu().clone()
+
+
+def _render_with_contribution(triangles: TriangleSet, renderer: Renderer, height: int, width: int):
+    """The render and each triangle's contribution (B, T): d sum(red channel) / d red colour."""
+    scene = triangles.scene()
+    colors = scene.colors.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        render = renderer(Scene(scene.vertices.detach(), colors, scene.opacity.detach(), scene.background.detach()),
+                          height, width)
+        (grad,) = torch.autograd.grad(render[:, 0].sum(), colors)
+    return render.detach(), grad[..., 0]
+
+
+def _areas(px: torch.Tensor) -> torch.Tensor:
+    ab, ac = px[..., 1, :] - px[..., 0, :], px[..., 2, :] - px[..., 0, :]
+    return 0.5 * (ab[..., 0] * ac[..., 1] - ab[..., 1] * ac[..., 0]).abs()
+
+
+def _reorder(params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer, order: torch.Tensor,
+             fresh: torch.Tensor) -> None:
+    """Permute every per-triangle parameter and its Adam moments by `order` (B, T), and zero the
+    moments of the `fresh` (new) triangles, so old momentum does not push them around."""
+    for param in params.values():
+        index = order.to(param.device).reshape(*order.shape, *[1] * (param.dim() - 2)).expand_as(param)
+        mask = fresh.to(param.device).reshape(*fresh.shape, *[1] * (param.dim() - 2))
+        with torch.no_grad():
+            param.copy_(param.gather(1, index))
+        for key, value in optimizer.state.get(param, {}).items():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                value.copy_(value.gather(1, index).masked_fill(mask, 0))
