@@ -1,0 +1,122 @@
+"""Fit quality at equal time (or equal steps) on the Kodak test images, scored on the export.
+
+For each triangle count N and its time budget (100 triangles in 15 s, 500 in 55 s: the time
+primitive takes to place as many), every image is fitted under the budget and the exported SVG,
+drawn hard-edged by resvg, is scored with PSNR/SSIM; primitive's figures for the same images
+are printed beside ours. Images are read from ../shared/data/kodak (or --images) and downscaled
+in memory to 256 px on the long side (Lanczos); they are never copied into the repository.
+
+    python bench/quality.py                                  # both budgets, all eight images
+    python bench/quality.py --counts 100 --budgets 15 --only kodim01 kodim23 --set respawn.every=25
+    python bench/quality.py --iterations 2000                # equal steps instead of equal time
+
+Prints a Markdown table and writes JSON (--json) with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from triangulate_ai import fit  # noqa: E402
+from triangulate_ai.io import load_image  # noqa: E402
+
+DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "kodak"
+PRIMITIVE = ROOT / "bench" / "results" / "primitive.json"
+
+
+def primitive_figures() -> dict:
+    """primitive's measured PSNR/SSIM: {"mean": {N: {...}}, "images": {name: {N: {...}}}}."""
+    return json.loads(PRIMITIVE.read_text()) if PRIMITIVE.is_file() else {"mean": {}, "images": {}}
+
+
+def run(images: list[Path], count: int, budget: float | None, iterations: int | None, config: Path,
+        overrides: dict) -> list[dict]:
+    rows = []
+    for path in images:
+        image = load_image(path, 256)
+        started = time.perf_counter()
+        result = fit(path, config=config, overrides={**overrides, "eval.lpips": None, "log.progress_bar": False},
+                     triangles=count, time_limit=budget, iterations=iterations)
+        wall = time.perf_counter() - started
+        m = result.metrics
+        rows.append({"image": path.stem, "size": list(image.size), "triangles": count, "psnr": m["psnr"],
+                     "ssim": m["ssim"], "psnr_soft": m["psnr_soft"], "iterations": m["iterations"],
+                     "loop_s": m["wall_time_s"], "wall_s": round(wall, 2), "stopped_by": m["stopped_by"]})
+        print(f"  {path.stem} N={count}: {m['psnr']:.2f} dB / {m['ssim']:.3f} ({m['iterations']} steps, "
+              f"{m['wall_time_s']:.1f} s loop)", file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows: list[dict], count: int, budget: str, reference: dict) -> str:
+    names = [r["image"] for r in rows]
+    ref_images = reference["images"]
+    ref_mean = reference["mean"].get(str(count), {})
+    lines = [f"**N = {count}, {budget}**", "",
+             "| image | PSNR (dB) | SSIM | primitive PSNR | Δ PSNR | steps | loop time (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ref = ref_images.get(r["image"], {}).get(str(count))
+        delta = f"{r['psnr'] - ref['psnr']:+.2f}" if ref else "–"
+        lines.append(f"| {r['image']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {ref['psnr']:.2f} |" if ref else
+                     f"| {r['image']} | {r['psnr']:.2f} | {r['ssim']:.3f} | – |")
+        lines[-1] += f" {delta} | {r['iterations']} | {r['loop_s']:.1f} |"
+    mean_psnr = sum(r["psnr"] for r in rows) / len(rows)
+    mean_ssim = sum(r["ssim"] for r in rows) / len(rows)
+    if ref_images and all(str(count) in ref_images.get(n, {}) for n in names):
+        ref_psnr = sum(ref_images[n][str(count)]["psnr"] for n in names) / len(names)
+    else:
+        ref_psnr = ref_mean.get("psnr") if len(names) == 8 else None
+    delta = f"**{mean_psnr - ref_psnr:+.2f}**" if ref_psnr is not None else "–"
+    ref_text = f"{ref_psnr:.2f}" if ref_psnr is not None else "–"
+    lines.append(f"| **mean** | **{mean_psnr:.2f}** | **{mean_ssim:.3f}** | {ref_text} | {delta} | | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/quality.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of test images")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="image names (stems) to fit")
+    parser.add_argument("--counts", type=int, nargs="+", default=[100, 500])
+    parser.add_argument("--budgets", type=float, nargs="+", default=[15, 55], help="seconds, one per count")
+    parser.add_argument("--iterations", type=int, help="equal steps instead of equal time")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "quickstart.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    args = parser.parse_args(argv)
+    if args.iterations is None and len(args.budgets) != len(args.counts):
+        parser.error("give one --budgets value per --counts value")
+    images = sorted(p for p in args.images.glob("*.png") if not args.only or p.stem in args.only)
+    if not images:
+        parser.error(f"no PNG images in {args.images}")
+    from triangulate_ai.config import safe_load
+
+    overrides = {key: safe_load(value) for key, _, value in (item.partition("=") for item in args.overrides)}
+    reference = primitive_figures()
+    out = {"machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
+                       "python": platform.python_version(), "torch": torch.__version__},
+           "config": str(args.config), "overrides": overrides, "runs": []}
+    tables = []
+    for i, count in enumerate(args.counts):
+        budget = None if args.iterations else args.budgets[i]
+        label = f"{args.iterations} steps" if args.iterations else f"{budget:g} s"
+        rows = run(images, count, budget, args.iterations, args.config, overrides)
+        out["runs"].append({"triangles": count, "budget": label, "rows": rows})
+        tables.append(table(rows, count, label, reference))
+    print("\n\n".join(tables))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
