@@ -90,7 +90,7 @@ def forward_kernel(verts_ptr, colors_ptr, opacity_ptr, background_ptr, sigma_ptr
     count = tl.load(tile_start_ptr + tile + 1) - start
     trans = tl.full((BLOCK,), 1.0, dtype)
     colour = tl.zeros((4, BLOCK), dtype)  # r, g, b, unused
-    for c in range(0, tl.cdiv(count, CHUNK_)):
+    for c in range(tl.cdiv(count, CHUNK_)):
         if STORE_CKPT:
             tl.store(ckpt_ptr + (tl.load(ckpt_start_ptr + tile) + c) * BLOCK + local, trans)
         for i in range(c * CHUNK_, tl.minimum(count, c * CHUNK_ + CHUNK_)):
@@ -136,7 +136,7 @@ def backward_kernel(verts_ptr, colors_ptr, opacity_ptr, background_ptr, sigma_pt
     rows = tl.arange(0, CHUNK_)[:, None]
     edge = tl.arange(0, 4)[:, None]
     n_chunks = tl.cdiv(count, CHUNK_)
-    for k in range(0, n_chunks):
+    for k in range(n_chunks):
         c = n_chunks - 1 - k
         trans = tl.load(ckpt_ptr + (ckpt0 + c) * BLOCK + local)
         above = tl.zeros((CHUNK_, BLOCK), dtype)  # row r: transmittance above pair c * CHUNK + r
