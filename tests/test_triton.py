@@ -4,7 +4,10 @@ when there is one, else on CPU in the Triton interpreter (TRITON_INTERPRET=1, se
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,3 +160,33 @@ def test_missing_triton_is_one_clear_error(monkeypatch):
     monkeypatch.delitem(sys.modules, "triangulate_ai.render.kernels.triton_raster", raising=False)
     with pytest.raises(UserError, match="render.backend = triton needs the triton package"):
         make_renderer(RenderConfig(backend="triton"), "cuda")
+
+
+COMPILE = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triangulate_ai.render.kernels import triton_raster as k
+
+assert not k.INTERPRETED
+index = {"pair_tri_ptr", "tile_start_ptr", "ckpt_start_ptr"}
+for fn, flags in [(k.forward_kernel, {"STORE_CKPT": True}), (k.forward_kernel, {"STORE_CKPT": False}),
+                  (k.backward_kernel, {"COLUMNS": k.GRAD_COLUMNS})]:
+    for dtype in ["fp32", "fp64"]:
+        constexprs = {"TS": 8, "BLOCK": 64, "CHUNK_": k.CHUNK, **flags}
+        signature = {name: "constexpr" if name in constexprs else "*i64" if name in index
+                     else f"*{dtype}" if name.endswith("_ptr") else "i32" for name in fn.arg_names}
+        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                                  target=GPUTarget("cuda", 80, 32), options={"num_warps": 2})
+        assert compiled.asm["cubin"]
+"""
+
+
+def test_kernels_compile_for_a_cuda_gpu(tmp_path):
+    """The interpreter is laxer than the compiler (it ran a backward the compiler rejected), so
+    both kernels are also compiled, through ptxas, for an sm_80 GPU: no GPU is needed for that.
+    In a fresh process without TRITON_INTERPRET and with an empty kernel cache."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", COMPILE], cwd=Path(__file__).resolve().parent.parent, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -15,7 +15,8 @@ forward:  front to back (topmost first), accumulating colour and transmittance T
 backward: chunk by chunk from the bottom up. A chunk's transmittances are rebuilt from its
           checkpoint by a front-to-back pass and kept in registers (a CHUNK x pixels block); a
           back-to-front pass then recomputes alpha and the signed distance with its gradient,
-          carrying the composite of everything below. No transmittance is ever divided by
+          carrying the composite of everything below. (Both passes are runtime loops: unrolled
+          loops with a per-row `if` ran in the interpreter but crashed the GPU compiler.) No transmittance is ever divided by
           (1 - alpha), so fully opaque triangles are exact. Each pair's gradient, summed over the
           tile's pixels, goes to its own row of a (pairs, GRAD_COLUMNS) buffer: no atomics; the
           caller sums a triangle's tiles and adds each edge's end to the next edge's start.
@@ -140,49 +141,48 @@ def backward_kernel(verts_ptr, colors_ptr, opacity_ptr, background_ptr, sigma_pt
         c = n_chunks - 1 - k
         trans = tl.load(ckpt_ptr + (ckpt0 + c) * BLOCK + local)
         above = tl.zeros((CHUNK_, BLOCK), dtype)  # row r: transmittance above pair c * CHUNK + r
-        for r in tl.static_range(CHUNK_):
-            if c * CHUNK_ + r < count:
-                tri = tl.load(pair_tri_ptr + start + count - 1 - c * CHUNK_ - r)
-                d2, _, _, _, inside = _edges(verts_ptr, tri, px, py)
-                dist = tl.sqrt(tl.maximum(tl.min(d2, axis=0), _TINY))
-                alpha = tl.load(opacity_ptr + tri) / (1.0 + tl.exp(-tl.where(inside, dist, -dist) / sigma))
-                above = tl.where(rows == r, trans[None, :], above)
-                trans = trans * (1.0 - alpha)
-        for rr in tl.static_range(CHUNK_):
-            r = CHUNK_ - 1 - rr
-            if c * CHUNK_ + r < count:
-                pair = start + count - 1 - c * CHUNK_ - r
-                tri = tl.load(pair_tri_ptr + pair)
-                d2, t, dx, dy, inside = _edges(verts_ptr, tri, px, py)
-                best = tl.min(d2, axis=0)
-                # each edge's share of the gradient: as torch.minimum(torch.minimum(d0, d1), d2)
-                # splits it, half and half at each tie, so symmetric pixels match the reference
-                tie = (d2 == best[None, :]) & (edge < 3)
-                ties01 = tl.sum(tl.where(tie & (edge < 2), 1.0, 0.0), axis=0)
-                share2 = tl.sum(tl.where(tie & (edge == 2), 1.0, 0.0), axis=0) * tl.where(ties01 > 0, 0.5, 1.0)
-                share = tl.where(edge == 2, share2[None, :],
-                                 tl.where(tie, ((1.0 - share2) / tl.maximum(ties01, 1.0))[None, :], 0.0))
-                dist = tl.sqrt(tl.maximum(best, _TINY))
-                sign = tl.where(inside, 1.0, -1.0)
-                opacity = tl.load(opacity_ptr + tri)
-                cover = 1.0 / (1.0 + tl.exp(-sign * dist / sigma))
-                alpha = opacity * cover
-                colour = tl.load(colors_ptr + tri * 3 + channel, mask=rgb, other=1.0)
-                t_above = tl.sum(tl.where(rows == r, above, 0.0), axis=0)
-                shade = tl.sum(grad * colour[:, None], axis=0)
-                d_alpha = t_above * (shade - below)
-                d_sd = d_alpha * opacity * cover * (1.0 - cover) / sigma
-                # per edge, d loss / d (offset d of the pixel from the nearest point) = d_scale * d:
-                # d sd / d d = sign * d / dist (none below TINY, like sqrt(clamp(d2, TINY))), times
-                # the edge's share; the nearest point is (1 - t) a + t b, so a takes -(1 - t) of it
-                # and b takes -t
-                d_scale = (d_sd * tl.where(best > _TINY, sign / dist, 0.0))[None, :] * share
-                out = pair_grad_ptr + pair * COLUMNS
-                on_edge = edge < 3
-                tl.store(out + 2 * edge, -tl.sum(d_scale * dx * (1.0 - t), axis=1, keep_dims=True), mask=on_edge)
-                tl.store(out + 2 * edge + 1, -tl.sum(d_scale * dy * (1.0 - t), axis=1, keep_dims=True), mask=on_edge)
-                tl.store(out + 6 + 2 * edge, -tl.sum(d_scale * dx * t, axis=1, keep_dims=True), mask=on_edge)
-                tl.store(out + 7 + 2 * edge, -tl.sum(d_scale * dy * t, axis=1, keep_dims=True), mask=on_edge)
-                tl.store(out + 12 + channel, tl.sum(grad * (t_above * alpha)[None, :], axis=1), mask=rgb)
-                tl.store(out + 15, tl.sum(d_alpha * cover, axis=0))
-                below = alpha * shade + (1.0 - alpha) * below
+        in_chunk = tl.minimum(count - c * CHUNK_, CHUNK_)
+        for r in range(in_chunk):
+            tri = tl.load(pair_tri_ptr + start + count - 1 - c * CHUNK_ - r)
+            d2, _, _, _, inside = _edges(verts_ptr, tri, px, py)
+            dist = tl.sqrt(tl.maximum(tl.min(d2, axis=0), _TINY))
+            alpha = tl.load(opacity_ptr + tri) / (1.0 + tl.exp(-tl.where(inside, dist, -dist) / sigma))
+            above = tl.where(rows == r, trans[None, :], above)
+            trans = trans * (1.0 - alpha)
+        for rr in range(in_chunk):
+            r = in_chunk - 1 - rr
+            pair = start + count - 1 - c * CHUNK_ - r
+            tri = tl.load(pair_tri_ptr + pair)
+            d2, t, dx, dy, inside = _edges(verts_ptr, tri, px, py)
+            best = tl.min(d2, axis=0)
+            # each edge's share of the gradient: as torch.minimum(torch.minimum(d0, d1), d2)
+            # splits it, half and half at each tie, so symmetric pixels match the reference
+            tie = (d2 == best[None, :]) & (edge < 3)
+            ties01 = tl.sum(tl.where(tie & (edge < 2), 1.0, 0.0), axis=0)
+            share2 = tl.sum(tl.where(tie & (edge == 2), 1.0, 0.0), axis=0) * tl.where(ties01 > 0, 0.5, 1.0)
+            share = tl.where(edge == 2, share2[None, :],
+                             tl.where(tie, ((1.0 - share2) / tl.maximum(ties01, 1.0))[None, :], 0.0))
+            dist = tl.sqrt(tl.maximum(best, _TINY))
+            sign = tl.where(inside, 1.0, -1.0)
+            opacity = tl.load(opacity_ptr + tri)
+            cover = 1.0 / (1.0 + tl.exp(-sign * dist / sigma))
+            alpha = opacity * cover
+            colour = tl.load(colors_ptr + tri * 3 + channel, mask=rgb, other=1.0)
+            t_above = tl.sum(tl.where(rows == r, above, 0.0), axis=0)
+            shade = tl.sum(grad * colour[:, None], axis=0)
+            d_alpha = t_above * (shade - below)
+            d_sd = d_alpha * opacity * cover * (1.0 - cover) / sigma
+            # per edge, d loss / d (offset d of the pixel from the nearest point) = d_scale * d:
+            # d sd / d d = sign * d / dist (none below TINY, like sqrt(clamp(d2, TINY))), times
+            # the edge's share; the nearest point is (1 - t) a + t b, so a takes -(1 - t) of it
+            # and b takes -t
+            d_scale = (d_sd * tl.where(best > _TINY, sign / dist, 0.0))[None, :] * share
+            out = pair_grad_ptr + pair * COLUMNS
+            on_edge = edge < 3
+            tl.store(out + 2 * edge, -tl.sum(d_scale * dx * (1.0 - t), axis=1, keep_dims=True), mask=on_edge)
+            tl.store(out + 2 * edge + 1, -tl.sum(d_scale * dy * (1.0 - t), axis=1, keep_dims=True), mask=on_edge)
+            tl.store(out + 6 + 2 * edge, -tl.sum(d_scale * dx * t, axis=1, keep_dims=True), mask=on_edge)
+            tl.store(out + 7 + 2 * edge, -tl.sum(d_scale * dy * t, axis=1, keep_dims=True), mask=on_edge)
+            tl.store(out + 12 + channel, tl.sum(grad * (t_above * alpha)[None, :], axis=1), mask=rgb)
+            tl.store(out + 15, tl.sum(d_alpha * cover, axis=0))
+            below = alpha * shade + (1.0 - alpha) * below
