@@ -138,6 +138,16 @@ def test_fully_opaque_triangles_are_exact(kernels, dtype):
     assert torch.all(got[2][3] == 0)  # the background
 
 
+def test_nothing_on_the_canvas_draws_the_background(kernels):
+    scene = planted_scene(torch.float32)
+    scene = Scene(scene.vertices + 3, *scene[1:])  # every triangle off the canvas: no pairs at all
+    image, alpha, leaves = triton_grads(triton_backend.TritonRenderer(0.3, 8), scene, 8, 12,
+                                        torch.ones(2, 3, 8, 12), torch.float32)
+    assert torch.equal(image, scene.background.double()[:, :, None, None].expand(2, 3, 8, 12))
+    assert torch.all(alpha == 0)
+    assert all(torch.all(g == 0) for g in leaves[:3]) and torch.all(leaves[3] == 8 * 12)
+
+
 def test_cpu_tensors_without_the_interpreter_are_one_clear_error(kernels, monkeypatch):
     monkeypatch.setattr(kernels, "INTERPRETED", False)
     renderer = make_renderer(RenderConfig(backend="triton"), "cpu")
