@@ -48,7 +48,7 @@ class _Layout:
     pair_tri: torch.Tensor  # (pairs,) flat triangle id, by tile, painter's order within a tile
     tile_start: torch.Tensor  # (tiles + 1,) offsets into pair_tri
     ckpt_start: torch.Tensor  # (tiles,) first checkpoint row of each tile
-    n_ckpt: int
+    n_ckpt: int  # checkpoint rows to allocate (at least the sum over tiles)
 
     @property
     def warps(self) -> int:
@@ -66,8 +66,7 @@ class _Raster(torch.autograd.Function):
         store = any(ctx.needs_input_grad[:3])
         image = torch.empty(batch, 3, height, width, device=verts.device, dtype=verts.dtype)
         trans = torch.empty(batch, height, width, device=verts.device, dtype=verts.dtype)
-        ckpt = torch.empty(max(layout.n_ckpt, 1) * layout.block if store else 1, device=verts.device,
-                           dtype=verts.dtype)
+        ckpt = torch.empty(layout.n_ckpt * layout.block if store else 1, device=verts.device, dtype=verts.dtype)
         kernels.forward_kernel[(n_tiles,)](
             verts, colors, opacity, background, sigma, layout.pair_tri, layout.tile_start, layout.ckpt_start,
             image, trans, ckpt, height, width, layout.n_tx, layout.tiles_per_image,
@@ -127,7 +126,9 @@ class TritonRenderer(Renderer):
             tile_size=ts, block=1 << (ts * ts - 1).bit_length(), n_tx=n_tx, tiles_per_image=n_ty * n_tx,
             pair_tri=tri if tri.numel() else zero,  # a pair no tile reads, so no launch gets an empty buffer
             tile_start=torch.cat([zero, torch.cumsum(counts, 0)]),
-            ckpt_start=torch.cumsum(chunks, 0) - chunks, n_ckpt=int(chunks.sum()))
+            ckpt_start=torch.cumsum(chunks, 0) - chunks,
+            # sum(ceil(count / CHUNK)) <= pairs / CHUNK + tiles: a bound known without a device sync
+            n_ckpt=tri.numel() // self.kernels.CHUNK + n_tiles)
 
     def render(self, scene: Scene, height: int, width: int, return_alpha: bool = False):
         device = scene.vertices.device
