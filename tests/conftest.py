@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# Without CUDA the Triton backend's kernels run in Triton's interpreter, and triton decides
+# between interpreter and compiler when it is first imported (torch imports it early, from
+# torch.optim onwards), so the switch is set here, before any test module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def smooth_image(height: int = 64, width: int = 64, seed: int = 0) -> np.ndarray:

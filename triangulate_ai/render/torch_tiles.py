@@ -1,8 +1,8 @@
 """Tile-binned soft rasterizer in pure PyTorch (CPU and CUDA), the default backend.
 
 Each triangle is binned to the square tiles its bounding box touches, grown by the distance
-past which its coverage is below `cutoff`. Only (tile, triangle) pairs are evaluated, each on the
-tile's pixels, so the cost follows the area the triangles cover rather than T x H x W.
+past which its coverage is below `cutoff` (binning.py). Only (tile, triangle) pairs are
+evaluated, each on the tile's pixels, so the cost follows the area the triangles cover rather than T x H x W.
 Compositing is done in log-transmittance: for pair i in a tile, the light it receives from
 above is exp(sum of log(1 - alpha_j) over later triangles j in the same tile), a segmented
 reverse cumulative sum over the tile-sorted pair list.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .base import MAX_ALPHA, Renderer, support_radius
+from .binning import bin_triangles
 from .scene import Scene
 from .sdf import signed_distance
 
@@ -37,30 +38,6 @@ class TiledRenderer(Renderer):
     def step_bytes(self, count, batch, height, width, tiles_per_triangle):
         return count * tiles_per_triangle * self.tile_size**2 * BYTES_PER_PAIR_PIXEL
 
-    def _bin(self, verts: torch.Tensor, n_ty: int, n_tx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tile id, flat triangle id) of every pair, sorted by tile then painter's order."""
-        ts = self.tile_size
-        batch, count = verts.shape[:2]
-        grow = support_radius(self.sigma, self.cutoff)
-        flat = verts.detach().reshape(batch * count, 3, 2)
-        lo = flat.amin(dim=1) - grow - 0.5  # pixel centres sit at index + 0.5
-        hi = flat.amax(dim=1) + grow - 0.5
-        limits = flat.new_tensor([n_tx - 1, n_ty - 1])
-        t0 = torch.maximum(torch.floor(lo / ts), torch.zeros_like(lo))
-        t1 = torch.minimum(torch.floor(hi / ts), limits)
-        t0, t1 = t0.long(), t1.long()
-        span = (t1 - t0 + 1).clamp_min(0)  # (B*T, 2); zero where the box misses the canvas
-        n_pairs = span[:, 0] * span[:, 1]
-        tri = torch.repeat_interleave(torch.arange(batch * count, device=verts.device), n_pairs)
-        start = torch.cumsum(n_pairs, 0) - n_pairs
-        local = torch.arange(tri.numel(), device=verts.device) - start[tri]
-        width_t = span[tri, 0]
-        tx = t0[tri, 0] + local % width_t
-        ty = t0[tri, 1] + local // width_t
-        tile = (tri // count) * (n_ty * n_tx) + ty * n_tx + tx
-        tile, order = torch.sort(tile, stable=True)  # stable keeps painter's order per tile
-        return tile, tri[order]
-
     def render(self, scene: Scene, height: int, width: int, return_alpha: bool = False):
         ts = self.tile_size
         verts = scene.to_pixels(height, width)
@@ -69,7 +46,7 @@ class TiledRenderer(Renderer):
         n_ty, n_tx = -(-height // ts), -(-width // ts)
         n_tiles = batch * n_ty * n_tx
 
-        tile, tri = self._bin(verts, n_ty, n_tx)
+        tile, tri = bin_triangles(verts, support_radius(self.sigma, self.cutoff), ts, n_ty, n_tx)
         local = torch.arange(ts, device=device, dtype=dtype)
         ly, lx = torch.meshgrid(local, local, indexing="ij")
         ly, lx = ly.reshape(1, -1), lx.reshape(1, -1)  # (1, P)

@@ -1,0 +1,1 @@
+"""Compute kernels of the renderers, imported only by the backend that launches them."""
