@@ -179,7 +179,7 @@ class Run:
             check_folder(folder)
         self.device = resolve_device(cfg.device)
         width, height = image.size
-        check_memory(cfg, batch=1, height=height, width=width)
+        check_memory(cfg, batch=1, height=height, width=width, device=self.device)
         torch.manual_seed(cfg.seed)
         target_np, target, background, mask = prepare_target(image, cfg, self.device)
         self.fitter = Fitter(cfg, target, background, mask)  # loads pretrained networks: may stop here
@@ -276,7 +276,7 @@ def render(scene: Scene | TriangleSet, height: int, width: int, *, backend: str 
     except ValueError as exc:
         err = exc.errors()[0]
         raise UserError(f"render: {err['loc'][0]} = {err['input']!r}: {err['msg']}") from None
-    return make_renderer(renderer_cfg)(scene, height, width, return_alpha)
+    return make_renderer(renderer_cfg, scene.vertices.device)(scene, height, width, return_alpha)
 
 
 def load_triangles(path: str | Path) -> Scene:

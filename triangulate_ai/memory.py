@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import os
 
+import torch
+
 from .config import Config
 from .errors import UserError
 from .render import make_renderer
@@ -34,7 +36,7 @@ def tiles_per_triangle(cfg: Config, height: int, width: int) -> float:
 def estimate_bytes(cfg: Config, batch: int, height: int, width: int, renderer: Renderer | None = None) -> int:
     """Peak memory of a fit step: triangles and optimiser state, and the renderer's buffers."""
     count = cfg.triangles.count * batch
-    renderer = renderer or make_renderer(cfg.render)
+    renderer = renderer or make_renderer(cfg.render, "cpu")
     drawing = renderer.step_bytes(count, batch, height, width, tiles_per_triangle(cfg, height, width))
     return int(BASELINE_BYTES + count * BYTES_PER_TRIANGLE + drawing)
 
@@ -55,9 +57,11 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def check_memory(cfg: Config, batch: int, height: int, width: int, limit: int | None = None) -> int:
-    """The estimate, or a UserError naming it and the limit when it does not fit."""
-    renderer = make_renderer(cfg.render)
+def check_memory(cfg: Config, batch: int, height: int, width: int, limit: int | None = None,
+                 device: torch.device | str = "cpu") -> int:
+    """The estimate, or a UserError naming it and the limit when it does not fit. (On CUDA the
+    limit is still host memory: a rough guard, the device's own allocator reports the rest.)"""
+    renderer = make_renderer(cfg.render, device)
     need = estimate_bytes(cfg, batch, height, width, renderer)
     limit = available_bytes() if limit is None else limit
     if need > limit:

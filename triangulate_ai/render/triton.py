@@ -114,6 +114,13 @@ class TritonRenderer(Renderer):
         self.cutoff = float(cutoff)
         self.kernels = _load_kernels()
 
+    def step_bytes(self, count, batch, height, width, tiles_per_triangle):
+        """Per pair its gradient row (float32); per pixel the image, the final transmittance and
+        a transmittance checkpoint every CHUNK triangles of its tile's list."""
+        pairs = count * tiles_per_triangle
+        checkpoints = pairs * self.tile_size**2 / self.kernels.CHUNK
+        return pairs * self.kernels.GRAD_COLUMNS * 4 + (batch * height * width * 5 + checkpoints) * 4 * 2
+
     def _layout(self, verts: torch.Tensor, height: int, width: int) -> _Layout:
         ts = self.tile_size
         n_ty, n_tx = -(-height // ts), -(-width // ts)

@@ -16,7 +16,8 @@ backward: chunk by chunk from the bottom up. A chunk's transmittances are rebuil
           checkpoint by a front-to-back pass and kept in registers (a CHUNK x pixels block); a
           back-to-front pass then recomputes alpha and the signed distance with its gradient,
           carrying the composite of everything below. (Both passes are runtime loops: unrolled
-          loops with a per-row `if` ran in the interpreter but crashed the GPU compiler.) No transmittance is ever divided by
+          loops with a per-row `if` ran in the interpreter but crashed the GPU compiler.)
+          No transmittance is ever divided by
           (1 - alpha), so fully opaque triangles are exact. Each pair's gradient, summed over the
           tile's pixels, goes to its own row of a (pairs, GRAD_COLUMNS) buffer: no atomics; the
           caller sums a triangle's tiles and adds each edge's end to the next edge's start.
