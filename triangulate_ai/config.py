@@ -150,6 +150,7 @@ class VggTermConfig(TermConfig):
     layer_weights: Optional[list[float]] = None
     distance: Literal["l1", "l2"] = "l1"
     weights: str = "imagenet"
+    resolution: Optional[int] = Field(None, ge=16)  # longer side the network sees (None: the image's)
 
     @field_validator("layers")
     @classmethod
@@ -178,10 +179,12 @@ class LpipsTermConfig(LpipsConfig):
     weight: float = Field(1.0, ge=0)
     start_iter: int = Field(0, ge=0)
     target_iter: int = Field(0, ge=0)
+    resolution: Optional[int] = Field(None, ge=16)  # longer side the network sees (None: the image's)
 
 
 class LossTerms(Section):
     l1: Optional[TermConfig] = TermConfig()
+    l2: Optional[TermConfig] = None
     vgg: Optional[VggTermConfig] = None
     lpips: Optional[LpipsTermConfig] = None
 

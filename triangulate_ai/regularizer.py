@@ -26,15 +26,20 @@ class TriangleRegularizer:
         self.weight, self.min_area = cfg.weight, cfg.min_area
         self.min_quality, self.margin = cfg.min_quality, cfg.margin
 
-    def __call__(self, vertices: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Penalty (unweighted) for normalised vertices (B, T, 3, 2)."""
+    def __call__(self, vertices: torch.Tensor, height: int, width: int, live: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """Penalty (unweighted) per scene, (B,), for normalised vertices (B, T, 3, 2); triangles
+        where `live` (B, T) is False (parked, not yet placed) are left out."""
         px = vertices * vertices.new_tensor([width, height])
         a, b, c = px[..., 0, :], px[..., 1, :], px[..., 2, :]
         ab, ac, bc = b - a, c - a, c - b
         area = 0.5 * (ab[..., 0] * ac[..., 1] - ab[..., 1] * ac[..., 0]).abs()
         edges = (ab**2).sum(-1) + (ac**2).sum(-1) + (bc**2).sum(-1)
         quality = 4 * math.sqrt(3) * area / edges.clamp_min(1e-12)
-        area_term = torch.relu(1 - area / self.min_area).square().mean()
-        thin_term = torch.relu(1 - quality / self.min_quality).square().mean()
+        weight = torch.ones_like(area) if live is None else live.to(area)
+        count = weight.sum(dim=1).clamp_min(1)
+        area_term = (torch.relu(1 - area / self.min_area).square() * weight).sum(dim=1) / count
+        thin_term = (torch.relu(1 - quality / self.min_quality).square() * weight).sum(dim=1) / count
         beyond = torch.relu(-vertices - self.margin) + torch.relu(vertices - 1 - self.margin)
-        return area_term + thin_term + beyond.square().sum(-1).mean()
+        outside = (beyond.square().sum(-1).mean(dim=-1) * weight).sum(dim=1) / count
+        return area_term + thin_term + outside

@@ -6,9 +6,10 @@ from typing import Any, Callable
 
 from ..config import LossConfig
 from .perceptual import LPIPSTerm, VGGPerceptual
-from .terms import L1, LossTerm
+from .terms import L1, L2, LossTerm
 
-TERMS: dict[str, Callable[[Any], LossTerm]] = {"l1": lambda cfg: L1(), "vgg": VGGPerceptual, "lpips": LPIPSTerm}
+TERMS: dict[str, Callable[[Any], LossTerm]] = {"l1": lambda cfg: L1(), "l2": lambda cfg: L2(), "vgg": VGGPerceptual,
+                                               "lpips": LPIPSTerm}
 
 
 def build_terms(cfg: LossConfig) -> dict[str, LossTerm]:

@@ -27,6 +27,17 @@ def _masked(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None)
     return pred if mask is None else pred * mask + target.detach() * (1 - mask)
 
 
+def network_input(image: torch.Tensor, resolution: int | None) -> torch.Tensor:
+    """The image a network sees: resized (antialiased bilinear) so its longer side is
+    `resolution` pixels, when that is smaller; perceptual cost falls with the pixel count."""
+    height, width = image.shape[-2:]
+    if resolution is None or max(height, width) <= resolution:
+        return image
+    scale = resolution / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return torch.nn.functional.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
 class VGGPerceptual(LossTerm):
     """sum_l w_l * mean |phi_l(pred) - phi_l(target)| (or squared), phi_l VGG features after
     ImageNet normalisation. Only the layers up to the deepest one asked for are built."""
@@ -77,15 +88,15 @@ class VGGPerceptual(LossTerm):
         cached = self._target
         if cached is None or cached[0] is not target or cached[1] != target._version:
             with torch.no_grad():
-                self._target = (target, target._version, self.features(target))
+                self._target = (target, target._version, self.features(network_input(target, self.cfg.resolution)))
         return self._target[2]
 
     def __call__(self, pred, target, mask=None):
-        pred_feats = self.features(_masked(pred, target, mask))
-        total = pred.new_zeros(())
+        pred_feats = self.features(network_input(_masked(pred, target, mask), self.cfg.resolution))
+        total = pred.new_zeros(pred.shape[0])
         for weight, a, b in zip(self.layer_weights, pred_feats, self._target_features(target)):
-            diff = a - b
-            total = total + weight * (diff.abs().mean() if self.cfg.distance == "l1" else diff.square().mean())
+            diff = (a - b).flatten(1)
+            total = total + weight * (diff.abs().mean(dim=1) if self.cfg.distance == "l1" else diff.square().mean(dim=1))
         return total
 
 
@@ -119,4 +130,6 @@ class LPIPSTerm(LossTerm):
 
     def __call__(self, pred, target, mask=None):
         net = lpips_network(self.cfg, self.setting, pred.device, pred.dtype)
-        return net(_masked(pred, target, mask), target, normalize=True).mean()
+        size = self.cfg.resolution
+        return net(network_input(_masked(pred, target, mask), size), network_input(target, size),
+                   normalize=True).flatten(1).mean(dim=1)

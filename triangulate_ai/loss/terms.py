@@ -1,4 +1,4 @@
-"""Loss terms: each scores a render against the target as one scalar."""
+"""Loss terms: each scores a batch of renders against their targets, one value per scene (B,)."""
 
 from __future__ import annotations
 
@@ -18,15 +18,16 @@ class LossTerm(ABC):
 
     @abstractmethod
     def __call__(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        ...
+        """(B,) losses of renders (B, 3, H, W) against targets (B, 3, H, W): scene b's loss
+        depends on scene b only, so B scenes can share one loop."""
 
 
 def masked_mean(per_pixel: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean of a (B, C, H, W) map over all pixels, or over the mask's weight."""
+    """(B,) mean of a (B, C, H, W) map over each scene's pixels, or over its mask's weight."""
     if mask is None:
-        return per_pixel.mean()
+        return per_pixel.flatten(1).mean(dim=1)
     weight = mask.expand_as(per_pixel)
-    return (per_pixel * weight).sum() / weight.sum().clamp_min(1e-8)
+    return (per_pixel * weight).flatten(1).sum(dim=1) / weight.flatten(1).sum(dim=1).clamp_min(1e-8)
 
 
 class L1(LossTerm):
@@ -37,6 +38,18 @@ class L1(LossTerm):
     def per_pixel(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss map before reduction, for the modifier pipeline."""
         return (pred - target).abs()
+
+    def __call__(self, pred, target, mask=None):
+        return masked_mean(self.per_pixel(pred, target), mask)
+
+
+class L2(LossTerm):
+    """Mean squared error per channel and pixel: the loss PSNR measures."""
+
+    name = "l2"
+
+    def per_pixel(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (pred - target).square()
 
     def __call__(self, pred, target, mask=None):
         return masked_mean(self.per_pixel(pred, target), mask)

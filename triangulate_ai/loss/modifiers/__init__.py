@@ -47,14 +47,16 @@ class ModifierPipeline:
 
     def reduce(self, per_pixel: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
                mask: torch.Tensor | None) -> torch.Tensor:
-        """Modify a per-pixel loss map in order, then take its mean."""
+        """Modify a per-pixel loss map in order, then take each scene's mean: (B,)."""
         for modifier in self.modifiers:
             per_pixel = modifier.modify(per_pixel, pred, target, mask)
         consumed = any(m.uses_mask for m in self.modifiers)
-        return per_pixel.mean() if consumed else masked_mean(per_pixel, mask)
+        return per_pixel.flatten(1).mean(dim=1) if consumed else masked_mean(per_pixel, mask)
 
-    def metrics(self) -> dict[str, float]:
-        return {f"loss_modifiers/{m.name}.{k}": v for m in self.modifiers for k, v in m.metrics.items()}
+    def metrics(self, batch: int) -> dict[str, list[float]]:
+        """Every modifier's metrics, one value per scene."""
+        return {f"loss_modifiers/{m.name}.{k}": (v.tolist() if torch.is_tensor(v) else [float(v)] * batch)
+                for m in self.modifiers for k, v in m.metrics.items()}
 
     def names(self) -> list[str]:
         return [m.name for m in self.modifiers]

@@ -17,7 +17,7 @@ class Modifier(ABC):
     uses_mask: bool = False  # True if `modify` already restricted the map to the mask and rescaled it
 
     def __init__(self) -> None:
-        self.metrics: dict[str, float] = {}
+        self.metrics: dict[str, float | torch.Tensor] = {}  # a number for every scene, or (B,) per scene
         self._memo: tuple | None = None
 
     def memo_for_target(self, target: torch.Tensor, setting: float, compute) -> torch.Tensor:

@@ -36,5 +36,6 @@ class EdgeWeight(Modifier):
 
     def modify(self, per_pixel, pred, target, mask):
         weights = self.memo_for_target(target, self.strength, lambda: edge_weights(target, self.strength))
-        self.metrics = {"max_weight": float(weights.max()), "min_weight": float(weights.min())}
+        flat = weights.flatten(1)
+        self.metrics = {"max_weight": flat.amax(dim=1).cpu(), "min_weight": flat.amin(dim=1).cpu()}
         return per_pixel * weights

@@ -3,8 +3,8 @@
 The per-pixel error e (the loss map averaged over channels, detached) normalised over each image,
 q = e / sum(e), plays the role of the seed's wrong-answer distribution. Its entropy
 H = -sum q log q (divided by log N, N valid pixels, when `normalized`, so H is in [0, 1]) is
-clamped below by `threshold`, averaged over the batch and times `weight`: that scalar scales the
-loss (the step). Errors spread over the whole image give a larger weight than errors
+clamped below by `threshold`, times `weight`: that number scales the image's loss (each scene
+of a batch by its own). Errors spread over the whole image give a larger weight than errors
 concentrated in a few pixels."""
 
 from __future__ import annotations
@@ -41,9 +41,7 @@ class EntropyWeight(Modifier):
 
     def modify(self, per_pixel, pred, target, mask):
         c = self.cfg
-        entropy = error_entropy(per_pixel, mask, c.eps, c.normalized)
-        weight = entropy.clamp_min(c.threshold).mean() * c.weight
-        self.metrics = {"mean_entropy": float(entropy.mean()), "max_entropy": float(entropy.max()),
-                        "min_entropy": float(entropy.min()), "entropy_std": float(entropy.std(unbiased=False)),
-                        "entropy_weight": float(weight)}
-        return per_pixel * weight
+        entropy = error_entropy(per_pixel, mask, c.eps, c.normalized)  # (B,)
+        weight = entropy.clamp_min(c.threshold) * c.weight
+        self.metrics = {"entropy": entropy.detach().cpu(), "entropy_weight": weight.detach().cpu()}
+        return per_pixel * weight[:, None, None, None]

@@ -24,6 +24,6 @@ class MaskRatioWeight(Modifier):
         c = self.cfg
         ratio = mask.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
         weight = ((ratio + c.eps) ** -c.power).clamp(c.min_weight, c.max_weight)
-        self.metrics = {"mask_ratio": float(ratio.mean()), "weight": float(weight.mean())}
+        self.metrics = {"mask_ratio": ratio.flatten().detach().cpu(), "weight": weight.flatten().detach().cpu()}
         # mean over all pixels of this map = (masked mean per image) x weight
         return per_pixel * mask * weight / (ratio + c.eps)
