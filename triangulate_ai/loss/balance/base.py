@@ -159,8 +159,9 @@ def loss_matrix(losses: dict[str, torch.Tensor], names: list[str]) -> torch.Tens
 
 
 def weighted_sum(weights: torch.Tensor, losses: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
-    """sum_i w[:, i] * L_i with constant per-scene weights (B, T): the total (B,)."""
-    weights = weights.detach()
+    """sum_i w[:, i] * L_i with constant per-scene weights (B, T): the total (B,). The weights
+    are copied, so the state they came from may change in place afterwards."""
+    weights = weights.detach().clone()
     return sum(weights[:, i].to(losses[name].dtype) * losses[name] for i, name in enumerate(names))
 
 
