@@ -27,14 +27,16 @@ BALANCERS = {
 }
 
 
-def build_balancer(cfg: LossConfig) -> Balancer:
-    """The balancer named by `loss.type`, with its options and the terms' ramps. `fixed` and
-    `dynamic` also take the terms' weights (as the weights, or as base weights)."""
+def build_balancer(cfg: LossConfig, batch: int = 1) -> Balancer:
+    """The balancer named by `loss.type` for `batch` scenes, with its options and the terms'
+    ramps. `fixed` and `dynamic` also take the terms' weights (as the weights, or as base
+    weights)."""
     terms = cfg.active_terms()
     ramps = {name: (term.start_iter, term.target_iter) for name, term in terms.items()}
     options = {key: value for key, value in cfg.options().items() if key != "shared_params"}
     if cfg.type == "fixed":
-        return FixedBalancer({name: term.weight for name, term in terms.items()}, ramps)
+        return FixedBalancer({name: term.weight for name, term in terms.items()}, ramps, batch=batch)
     if cfg.type == "dynamic":
-        return DynamicBalancer({name: term.weight for name, term in terms.items()}, ramps=ramps, **options)
-    return BALANCERS[cfg.type](list(terms), ramps=ramps, **options)
+        return DynamicBalancer({name: term.weight for name, term in terms.items()}, ramps=ramps, batch=batch,
+                               **options)
+    return BALANCERS[cfg.type](list(terms), ramps=ramps, batch=batch, **options)

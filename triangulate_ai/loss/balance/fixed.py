@@ -8,12 +8,15 @@ from .base import BalanceContext, Balancer
 
 
 class FixedBalancer(Balancer):
-    def __init__(self, weights: dict[str, float], ramps: dict[str, tuple[int, int]] | None = None) -> None:
-        super().__init__(list(weights), ramps)
-        self.term_weights = dict(weights)  # schedulable as loss.terms.<name>.weight
+    def __init__(self, weights: dict[str, float], ramps: dict[str, tuple[int, int]] | None = None,
+                 batch: int = 1) -> None:
+        super().__init__(list(weights), ramps, batch)
+        self.term_weights = dict(weights)  # schedulable as loss.terms.<name>.weight, shared by all scenes
 
     def combine(self, losses: dict[str, torch.Tensor], step: int, ctx: BalanceContext) -> torch.Tensor:
-        return sum(self.term_weights[name] * losses[name] for name in self.names)
+        self._used = {name: float(self.term_weights[name]) for name in self.names}
+        return sum(self._used[name] * losses[name] for name in self.names)
 
-    def weights(self) -> dict[str, float]:
-        return dict(self.term_weights)
+    def weights(self) -> dict[str, torch.Tensor]:
+        used = getattr(self, "_used", None) or self.term_weights
+        return {name: torch.full((self.batch,), float(used[name]), dtype=torch.float64) for name in self.names}

@@ -2,7 +2,8 @@
 add learned uncertainties"): total = [sum of logs + small-loss regulariser] + [Kendall's
 sum_i 1/2 e^{-s_i} L_i + 1/2 s_i]. Each term's weight is 1/(L_i + eps) + 1/2 e^{-s_i}; at the
 uncertainty part's stationary point (e^{s_i} = L_i) that is 3 / (2 L_i): still proportional to
-1/L_i, with the learned part adapting faster or slower than the log as s_i lags behind L_i."""
+1/L_i, with the learned part adapting faster or slower than the log as s_i lags behind L_i.
+Per scene as its two parts are (log-variances (B, T))."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from .uncertainty import UncertaintyBalancer
 class HybridBalancer(Balancer):
     def __init__(self, names: list[str], epsilon: float = 1e-8, min_loss_value: float = 1e-4,
                  regularization_weight: float = 0.01, dynamic_epsilon: bool = False, lr: float = 0.025,
-                 init_log_var: float = 0.0, ramps=None) -> None:
-        super().__init__(names, ramps)
-        self.geometric = GeometricMeanBalancer(names, epsilon, min_loss_value, regularization_weight, dynamic_epsilon)
-        self.uncertainty = UncertaintyBalancer(names, lr, init_log_var)
+                 init_log_var: float = 0.0, ramps=None, batch: int = 1) -> None:
+        super().__init__(names, ramps, batch)
+        self.geometric = GeometricMeanBalancer(names, epsilon, min_loss_value, regularization_weight, dynamic_epsilon,
+                                               batch=batch)
+        self.uncertainty = UncertaintyBalancer(names, lr, init_log_var, batch=batch)
         self.lr = lr
 
     @property

@@ -1,30 +1,28 @@
-"""Scale normalisation (seed 000): w_i = 1 / EMA(L_i), so every term contributes about 1."""
+"""Scale normalisation (seed 000): w_i = 1 / EMA(L_i), so every term contributes about 1.
+Per scene: the EMA (B, T) and whether a scene has been seen (B,)."""
 
 from __future__ import annotations
 
 import torch
 
-from .base import Balancer, values
+from .base import Balancer, by_name, loss_matrix, weighted_sum
 
 
 class ScaleNormBalancer(Balancer):
-    def __init__(self, names: list[str], ema_decay: float = 0.9, ramps=None) -> None:
-        super().__init__(names, ramps)
+    def __init__(self, names: list[str], ema_decay: float = 0.9, ramps=None, batch: int = 1) -> None:
+        super().__init__(names, ramps, batch)
         self.ema_decay = ema_decay
-        self.register_buffer("ema", torch.zeros(len(names), dtype=torch.float64))
-        self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
-        self._last: dict[str, float] = {}
+        self.register_buffer("ema", torch.zeros(batch, len(names), dtype=torch.float64))
+        self.register_buffer("seen", torch.zeros(batch, dtype=torch.bool))
+        self._last = torch.zeros(batch, len(names), dtype=torch.float64)
 
     def combine(self, losses, step, ctx):
-        current = torch.tensor([values(losses)[n] for n in self.names], dtype=torch.float64, device=self.ema.device)
-        if self.seen:
-            self.ema.mul_(self.ema_decay).add_((1 - self.ema_decay) * current)
-        else:
-            self.ema.copy_(current)
-            self.seen.fill_(True)
-        w = (1.0 / self.ema.clamp_min(1e-12)).tolist()
-        self._last = dict(zip(self.names, w))
-        return sum(self._last[n] * losses[n] for n in self.names)
+        current = loss_matrix(losses, self.names).to(self.ema.device)
+        smoothed = self.ema * self.ema_decay + (1 - self.ema_decay) * current
+        self.ema.copy_(torch.where(self.seen[:, None], smoothed, current))
+        self.seen.fill_(True)
+        self._last = 1.0 / self.ema.clamp_min(1e-12)
+        return weighted_sum(self._last, losses, self.names)
 
     def weights(self):
-        return dict(self._last)
+        return by_name(self._last, self.names)
