@@ -153,8 +153,8 @@ def test_respawn_moves_a_dead_triangle_to_the_largest_error_with_target_colour_a
     before = {name: optimizer.state[getattr(triangles, name)]["exp_avg"].clone()
               for name in ("positions", "color_logits", "opacity_logits")}
     kept = triangles.positions.detach()[0, [0, 1, 3]].clone()
-    moved = Densifier(cfg, triangles, seed=0)(triangles, optimizer, renderer, target, progress=0.1)
-    assert moved == 1
+    moved = Densifier(cfg, triangles, seeds=[0])(triangles, optimizer, renderer, target, progress=0.1)
+    assert moved == [1]
     new = triangles.positions.detach()[0, 3] * torch.tensor([40.0, 32.0])  # on top of the paint order
     centre = new.mean(dim=0)
     assert 26 <= centre[0] <= 38 and 2 <= centre[1] <= 14, centre  # in the red square (blur: +-2 px)
@@ -174,7 +174,7 @@ def test_living_triangles_are_left_alone():
     cfg = load_config(None, ["respawn.enabled=true", "triangles.count=4"])
     optimizer = torch.optim.Adam(triangles.param_groups(cfg.optim.lr.model_dump()))
     before = triangles.positions.detach().clone()
-    assert Densifier(cfg, triangles, 0)(triangles, optimizer, TiledRenderer(0.3), target, 0.1) == 0
+    assert Densifier(cfg, triangles, [0])(triangles, optimizer, TiledRenderer(0.3), target, 0.1) == [0]
     assert torch.equal(triangles.positions.detach(), before)
 
 
@@ -194,7 +194,7 @@ def test_resume_after_a_respawn_event_matches_an_uninterrupted_run(tmp_path):
     class Count:
         def on_step(self, fitter, result):
             if result.respawned is not None:
-                moved.append(result.respawned)
+                moved.append(result.respawned[0])
 
     full.run([rec, Count()])
     assert moved and sum(moved) > 0  # events happened (steps 7, 14, 21, 28)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from triangulate_ai.config import load_config
-from triangulate_ai.fit import Fitter, NonFiniteLoss
+from triangulate_ai.fit import Fitter
 from triangulate_ai.loss.balance import BalanceContext, FixedBalancer
 from triangulate_ai.metrics import Evaluator
 from triangulate_ai.run import CHECKPOINT, METRICS, RunRecorder
@@ -74,23 +74,33 @@ def test_non_finite_loss_stops_before_updating_and_names_the_term(tmp_path):
         name = "l1"
 
         def __call__(self, pred, target, mask=None):
-            return (pred - target).abs().mean() * (float("nan") if fitter.step == 12 else 1.0)
+            return (pred - target).abs().flatten(1).mean(dim=1) * (float("nan") if fitter.step == 12 else 1.0)
 
     fitter.terms = {"l1": Poison()}
-    with pytest.raises(NonFiniteLoss, match=r"loss term 'l1' became nan at step 12"):
-        fitter.run([rec])
-    assert fitter.step == 12 and fitter.parameters_finite()
+    before = {}
+
+    class Keep:
+        def on_step(self, fitter, result):
+            if result.step == 11:
+                before.update({n: p.detach().clone() for n, p in fitter.triangles.named_parameters()})
+
+    assert fitter.run([rec, Keep()]) == "stopped"  # its only scene stopped
+    assert fitter.errors[0].startswith("loss term 'l1' became nan at step 12")
+    assert fitter.steps_done(0) == 12 and fitter.scene_stop[0] == "error"
+    for name, param in fitter.triangles.named_parameters():
+        assert torch.equal(param, before[name]), name  # the parameters after step 11, not updated again
     assert (tmp_path / CHECKPOINT).is_file()
     assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["fitter"]["step"] == 10
 
 
 def test_fixed_balancer_weights_are_the_gradient_of_the_total():
     balancer = FixedBalancer({"a": 0.5, "b": 3.0})
-    losses = {"a": torch.tensor(2.0, requires_grad=True), "b": torch.tensor(0.1, requires_grad=True)}
+    losses = {"a": torch.tensor([2.0], requires_grad=True), "b": torch.tensor([0.1], requires_grad=True)}
     total = balancer(losses, step=0, ctx=BalanceContext())
     assert total.item() == pytest.approx(0.5 * 2.0 + 3.0 * 0.1)
-    grads = torch.autograd.grad(total, list(losses.values()))
-    assert {k: g.item() for k, g in zip(losses, grads)} == balancer.get_loss_weights() == {"a": 0.5, "b": 3.0}
+    grads = torch.autograd.grad(total.sum(), list(losses.values()))
+    reported = {k: v.item() for k, v in balancer.get_loss_weights().items()}
+    assert {k: g.item() for k, g in zip(losses, grads)} == reported == {"a": 0.5, "b": 3.0}
 
 
 def test_loop_only_talks_to_the_balancer_interface(tmp_path):
@@ -107,7 +117,7 @@ def test_loop_only_talks_to_the_balancer_interface(tmp_path):
 
     class Watch:
         def on_step(self, fitter, result):
-            seen.append(result.weights["l1"])
+            seen.append(result.weights["l1"][0])
 
     fitter.run([Watch()])
     assert seen == [1.0 + s for s in range(40)]

@@ -49,11 +49,12 @@ def test_entropy_weight_by_hand():
     cfg = EntropyConfig(enabled=True, weight=2.0, threshold=0.25, normalized=True)
     modifier = EntropyWeight(cfg)
     out = modifier.modify(per_pixel, None, None, None)
-    # image 0: uniform over 4 pixels, H = log 4, normalised 1; image 1: all in one pixel, H = 0 -> 0.25
-    expected_weight = (1.0 + 0.25) / 2 * 2.0
-    assert torch.allclose(out, per_pixel * expected_weight)
-    assert modifier.metrics["entropy_weight"] == pytest.approx(expected_weight)
-    assert modifier.metrics["max_entropy"] == pytest.approx(1.0) and modifier.metrics["min_entropy"] == 0.0
+    # image 0: uniform over 4 pixels, H = log 4, normalised 1; image 1: all in one pixel, H = 0 -> 0.25;
+    # each image is weighted by its own entropy (scenes of a batch are independent)
+    expected = torch.tensor([1.0 * 2.0, 0.25 * 2.0])
+    assert torch.allclose(out, per_pixel * expected[:, None, None, None])
+    assert modifier.metrics["entropy_weight"].tolist() == pytest.approx(expected.tolist())
+    assert modifier.metrics["entropy"].tolist() == pytest.approx([1.0, 0.0])
     raw = EntropyWeight(EntropyConfig(enabled=True, normalized=False)).modify(per_pixel[:1], None, None, None)
     assert torch.allclose(raw, per_pixel[:1] * math.log(4))
 
@@ -95,9 +96,9 @@ def test_pipeline_in_the_loop_in_order_with_metrics_and_a_switch():
                      " end_step: 4}}")
     assert fitter.modifiers.names() == ["TargetSmoothing", "MaskRatioWeight", "EdgeWeight", "EntropyWeight"]
     result = fitter.train_step()
-    assert result.modifier_metrics["loss_modifiers/TargetSmoothing.sigma"] == 2.0
+    assert result.modifier_metrics["loss_modifiers/TargetSmoothing.sigma"] == [2.0]  # one value per scene
     assert "loss_modifiers/EntropyWeight.entropy_weight" in result.modifier_metrics
-    assert result.modifier_metrics["loss_modifiers/MaskRatioWeight.mask_ratio"] == pytest.approx(30 / 40)
+    assert result.modifier_metrics["loss_modifiers/MaskRatioWeight.mask_ratio"] == pytest.approx([30 / 40])
     with torch.no_grad():
         pred = fitter.render()
         with fitter.modifiers.disabled():
@@ -107,7 +108,7 @@ def test_pipeline_in_the_loop_in_order_with_metrics_and_a_switch():
     assert modified.item() != pytest.approx(raw.item())
     for _ in range(4):
         result = fitter.train_step()
-    assert result.modifier_metrics["loss_modifiers/TargetSmoothing.sigma"] == 0.0
+    assert result.modifier_metrics["loss_modifiers/TargetSmoothing.sigma"] == [0.0]
 
 
 def test_cli_lists_modifiers_and_takes_a_mask_file(image_path, tmp_path, capsys):

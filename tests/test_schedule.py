@@ -112,9 +112,9 @@ def _shape_part(reg, verts):
 def test_regulariser_enters_the_total_outside_the_balancer():
     fitter, _ = _fitter("regularizer.weight=0.5", "optim.iterations=1")
     result = fitter.train_step()
-    assert result.regularizer is not None and result.regularizer > 0
-    assert result.total == pytest.approx(result.losses["l1"] + 0.5 * result.regularizer, rel=1e-5)
-    assert result.weights == {"l1": 1.0}
+    assert result.regularizer is not None and result.regularizer[0] > 0
+    assert result.total[0] == pytest.approx(result.losses["l1"][0] + 0.5 * result.regularizer[0], rel=1e-5)
+    assert result.weights == {"l1": [1.0]}
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -24,13 +24,13 @@ from PIL import Image
 from .config import Config, RenderConfig, load_config
 from .errors import UserError
 from .export import scene_to_dict, svg_from_dict
-from .fit import Fitter, NonFiniteLoss, Observer, resolve_device
+from .fit import Fitter, Observer, resolve_device
 from .init import resolve_background
 from .io import TargetImage, image_from_array, load_image, save_png, write_atomic, write_json
 from .memory import check_memory
 from .metrics import Evaluator
 from .render import Scene, make_renderer
-from .run import CHECKPOINT, RunRecorder, load_fitter_state, read_checkpoint
+from .run import CHECKPOINT, RunRecorder, load_scene_states, read_checkpoint
 from .triangles import TriangleSet
 
 ImageLike = str | Path | np.ndarray | Image.Image
@@ -76,10 +76,10 @@ class FitResult:
 
 
 class FitFailed(RuntimeError):
-    """A loss became NaN/Inf. `result` holds the outputs of the last good step, or is None when
-    the parameters themselves are no longer finite (then nothing new was written)."""
+    """A loss (or the parameters) became NaN/Inf. `result` holds the outputs of the last good
+    step, which were written (parameters are never updated with a non-finite step)."""
 
-    def __init__(self, message: str, result: FitResult | None) -> None:
+    def __init__(self, message: str, result: FitResult) -> None:
         super().__init__(message)
         self.result = result
 
@@ -161,71 +161,157 @@ def make_folder(folder: Path, overwrite: bool) -> tuple[Path, str | None]:
     return folder, note
 
 
-class Run:
-    """One fit from a resolved config, optionally recorded in a run folder.
+@dataclass
+class Job:
+    """One scene of a batch: its own config (image and seed; everything else is shared), its run
+    folder (or None), whether it resumes from that folder, and its image if already loaded."""
 
-    Everything that can be wrong with the input (image, config values, memory, networks, the
-    folder, a checkpoint to resume) is checked before the first file is written."""
+    cfg: Config
+    folder: Path | None = None
+    resume: bool = False
+    image: TargetImage | None = None
+
+
+PER_SCENE_KEYS = ("seed", "image")  # what the scenes of one batch may differ in
+
+
+def shared_settings(cfg: Config) -> dict:
+    """A config without what may differ between the scenes of a batch."""
+    data = cfg.dump()
+    for key in PER_SCENE_KEYS:
+        data.pop(key)
+    return data
+
+
+class Run:
+    """A fit of one scene, or of a batch of scenes sharing one loop, each recorded in its own run
+    folder (or kept in memory) exactly as a fit of that scene alone would be.
+
+    Everything that can be wrong with the input (images, config values, memory, networks, the
+    folders, checkpoints to resume) is checked before the first file is written."""
 
     def __init__(self, cfg: Config, folder: Path | None = None, *, resume: bool = False, overwrite: bool = False,
                  image: TargetImage | None = None, on_warning: Callable[[dict], None] = lambda warning: None) -> None:
-        self.cfg = cfg
-        if image is None:
-            if cfg.image.path is None:
-                raise UserError("no image given: pass --image PATH or set image.path in the config")
-            image = load_image(cfg.image.path, cfg.image.max_size)
-        self.image = image
-        if folder is not None and not resume:
-            check_folder(folder)
-        self.device = resolve_device(cfg.device)
-        width, height = image.size
-        check_memory(cfg, batch=1, height=height, width=width, device=self.device)
-        torch.manual_seed(cfg.seed)
-        target_np, target, background, mask = prepare_target(image, cfg, self.device)
-        self.fitter = Fitter(cfg, target, background, mask)  # loads pretrained networks: may stop here
-        self.evaluator = Evaluator(target_np, cfg.eval.lpips, self.device)
-        state = read_checkpoint(folder / CHECKPOINT, self.device) if resume else None
-        if state is not None:
-            load_fitter_state(self.fitter, state, folder / CHECKPOINT)
-        self.note = None
-        if folder is not None and not resume:
-            folder, self.note = make_folder(folder, overwrite)
-        if folder is not None:  # on resume too: --set may have changed values (e.g. more iterations)
-            write_atomic(folder / "config.yaml", cfg.to_yaml())
-        self.folder = folder
-        self.recorder = RunRecorder(folder, self.fitter, self.evaluator, on_warning=on_warning)
-        if state is not None:
-            self.recorder.restore(self.fitter, state)
+        self._start([Job(cfg, folder, resume, image)], overwrite, on_warning)
 
-    def execute(self, observers: Iterable[Observer] = (), should_stop: Callable[[], bool] = lambda: False) -> FitResult:
-        """Run to the end (or until `should_stop`), then write the outputs. Raises FitFailed on a
-        NaN/Inf loss, after writing the last good step's outputs when the parameters allow it."""
-        error = None
+    @classmethod
+    def batch(cls, jobs: list[Job], *, overwrite: bool = False,
+              on_warning: Callable[[int, dict], None] = lambda scene, warning: None) -> "Run":
+        """B scenes in one loop. They must share every setting but `seed` and `image`, have
+        images of one size, and either all start fresh or all resume (from the same step)."""
+        run = cls.__new__(cls)
+        run._start(jobs, overwrite, on_warning, per_scene_warnings=True)
+        return run
 
+    def _start(self, jobs: list[Job], overwrite: bool, on_warning, per_scene_warnings: bool = False) -> None:
+        if not jobs:
+            raise UserError("nothing to fit: no images")
+        first = jobs[0].cfg
+        for job in jobs[1:]:
+            if shared_settings(job.cfg) != shared_settings(first):
+                raise UserError("the scenes of one batch must share every setting but seed and image")
+        if len({job.resume for job in jobs}) > 1:
+            raise UserError("a batch either starts fresh or resumes, not both")
+        self.cfg = first
+        self.jobs = jobs
+        self.images = [job.image or self._load(job.cfg) for job in jobs]
+        sizes = {image.size for image in self.images}
+        if len(sizes) > 1:
+            raise UserError(f"the images of one batch must have one size, got {sorted(sizes)}")
+        for job in jobs:
+            if job.folder is not None and not job.resume:
+                check_folder(job.folder)
+        self.device = resolve_device(first.device)
+        width, height = self.images[0].size
+        check_memory(first, batch=len(jobs), height=height, width=width, device=self.device)
+        torch.manual_seed(first.seed)
+        prepared = [prepare_target(image, job.cfg, self.device) for image, job in zip(self.images, jobs)]
+        masks = [m for _, _, _, m in prepared]
+        mask = None if all(m is None for m in masks) else torch.cat(
+            [torch.ones_like(prepared[0][1][:, :1]) if m is None else m for m in masks])
+        self.fitter = Fitter(first, torch.cat([p[1] for p in prepared]), torch.cat([p[2] for p in prepared]), mask,
+                             seeds=[job.cfg.seed for job in jobs])  # loads pretrained networks: may stop here
+        self.evaluators = [Evaluator(p[0], first.eval.lpips, self.device) for p in prepared]
+        states = [read_checkpoint(job.folder / CHECKPOINT, self.device) for job in jobs] if jobs[0].resume else None
+        if states is not None:
+            load_scene_states(self.fitter, states, [job.folder / CHECKPOINT for job in jobs])
+        self.notes, self.folders = [], []
+        for job in jobs:
+            folder = job.folder
+            if folder is not None and not job.resume:
+                folder, note = make_folder(folder, overwrite)
+                if note:
+                    self.notes.append(note)
+            if folder is not None:  # on resume too: --set may have changed values (e.g. more iterations)
+                write_atomic(folder / "config.yaml", job.cfg.to_yaml())
+            self.folders.append(folder)
+        self.recorders = [
+            RunRecorder(folder, self.fitter, evaluator, scene=b, cfg=job.cfg,
+                        on_warning=(lambda w, b=b: on_warning(b, w)) if per_scene_warnings else on_warning)
+            for b, (folder, evaluator, job) in enumerate(zip(self.folders, self.evaluators, jobs))]
+        if states is not None:
+            for recorder, state in zip(self.recorders, states):
+                recorder.restore(self.fitter, state)
+        self.results: list[FitResult | None] = [None] * len(jobs)
+
+    @staticmethod
+    def _load(cfg: Config) -> TargetImage:
+        if cfg.image.path is None:
+            raise UserError("no image given: pass --image PATH or set image.path in the config")
+        return load_image(cfg.image.path, cfg.image.max_size)
+
+    # one-scene conveniences
+    @property
+    def image(self) -> TargetImage:
+        return self.images[0]
+
+    @property
+    def folder(self) -> Path | None:
+        return self.folders[0]
+
+    @property
+    def note(self) -> str | None:
+        return self.notes[0] if self.notes else None
+
+    def execute_all(self, observers: Iterable[Observer] = (), should_stop: Callable[[], bool] = lambda: False
+                    ) -> list[FitResult]:
+        """Run until the budget ends, every scene has stopped, or `should_stop`; each scene's
+        outputs are written when it stops (a NaN, its target PSNR) or at the end."""
         def stop() -> str | None:
             if should_stop():
                 return "interrupted"
-            return "target_psnr" if self.recorder.target_reached(self.fitter) else None
+            for b, recorder in enumerate(self.recorders):
+                if self.fitter.active[b] and recorder.target_reached(self.fitter):
+                    self.fitter.finish_scene(b, "target_psnr")
+                    self._finish(b, completed=True)
+            return None
 
-        try:
-            completed = self.fitter.run([self.recorder, *observers], stop) != "interrupted"
-        except NonFiniteLoss as exc:
-            completed, error = False, str(exc)
-            self.fitter.stop_reason = "error"
-            if not self.fitter.parameters_finite():  # a bad update already went in
-                raise FitFailed(error, None) from None
-        summary = self.recorder.finish(self.fitter, completed, self.device, error)
-        result = self._result(summary)
-        if error is not None:
-            raise FitFailed(error, result)
+        class _Stopped:
+            def on_step(inner, fitter: Fitter, result) -> None:  # noqa: N805 - the run is `self`
+                for b in result.failed:
+                    self._finish(b, completed=False)
+
+        reason = self.fitter.run([*self.recorders, _Stopped(), *observers], stop)
+        for b in range(len(self.jobs)):
+            if self.results[b] is None:
+                self._finish(b, completed=reason != "interrupted")
+        return list(self.results)
+
+    def execute(self, observers: Iterable[Observer] = (), should_stop: Callable[[], bool] = lambda: False) -> FitResult:
+        """One scene: its result; FitFailed (with the last good step's outputs written) when one
+        of its losses became NaN/Inf."""
+        result = self.execute_all(observers, should_stop)[0]
+        if result.metrics["error"] is not None:
+            raise FitFailed(result.metrics["error"], result)
         return result
 
-    def _result(self, summary: dict) -> FitResult:
-        fitter = self.fitter
-        scene = Scene(*(t.detach().cpu() for t in fitter.triangles.scene()))
-        return FitResult(config=self.cfg, scene=scene, height=fitter.height, width=fitter.width,
-                         image=self.recorder.final_drawing, soft=self.recorder.final_soft,
-                         target=self.evaluator.target, metrics=summary, folder=self.folder)
+    def _finish(self, b: int, completed: bool) -> None:
+        fitter, recorder = self.fitter, self.recorders[b]
+        summary = recorder.finish(fitter, completed and fitter.errors[b] is None, self.device)
+        scene = Scene(*(t[b:b + 1].detach().cpu() for t in fitter.triangles.scene()))
+        self.results[b] = FitResult(config=self.jobs[b].cfg, scene=scene, height=fitter.height, width=fitter.width,
+                                    image=recorder.final_drawing, soft=recorder.final_soft,
+                                    target=self.evaluators[b].target, metrics=summary, folder=self.folders[b])
 
 
 SHORTCUTS = {"triangles": "triangles.count", "seed": "seed", "device": "device"}

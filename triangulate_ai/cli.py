@@ -68,13 +68,9 @@ def _train(args: argparse.Namespace) -> int:
         result, failure = exc.result, str(exc)
     finally:
         progress.close()
-    if result is None:
-        print(f"error: {failure}; the parameters are no longer finite, so nothing new was written: the last "
-              f"good checkpoint is {run.folder / CHECKPOINT}", file=sys.stderr)
-        return 1
     print(final_table(result.metrics))
     if failure is not None:
-        print(f"error: {failure}; checkpoint and outputs of step {run.fitter.step} written to {run.folder}",
+        print(f"error: {failure}; checkpoint and outputs of step {run.fitter.steps_done(0)} written to {run.folder}",
               file=sys.stderr)
         return 1
     if not result.completed:

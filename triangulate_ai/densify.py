@@ -26,11 +26,12 @@ PER_TRIANGLE = ("positions", "color_logits", "opacity_logits")  # parameters wit
 
 
 class Densifier:
-    def __init__(self, cfg: Config, triangles: TriangleSet, seed: int) -> None:
+    def __init__(self, cfg: Config, triangles: TriangleSet, seeds: list[int]) -> None:
         self.respawn = cfg.respawn
         self.progressive = cfg.triangles.progressive if cfg.triangles.init == "progressive" else None
         self.opacity = cfg.triangles.opacity
-        self.generator = torch.Generator().manual_seed(seed + 7919)  # its own stream: init draws stay put
+        # one stream per scene, apart from the initialisation's, so scene b draws what it would alone
+        self.generators = [torch.Generator().manual_seed(seed + 7919) for seed in seeds]
         self.parked = (triangles.positions.detach() == PARKED).flatten(2).all(-1).cpu()  # (B, T)
 
     @property
@@ -52,8 +53,9 @@ class Densifier:
         return min(count, first + math.ceil((count - first) * share))
 
     def __call__(self, triangles: TriangleSet, optimizer: torch.optim.Optimizer, renderer: Renderer,
-                 target: torch.Tensor, progress: float) -> int:
-        """One event: pick the slots per scene, place new triangles there, move them on top."""
+                 target: torch.Tensor, progress: float, active: torch.Tensor | None = None) -> list[int]:
+        """One event: pick the slots per scene, place new triangles there, move them on top.
+        Returns how many moved in each scene (stopped scenes, `active` False, are left alone)."""
         height, width = target.shape[-2:]
         with torch.no_grad():
             render, contribution = _render_with_contribution(triangles, renderer, height, width)
@@ -62,6 +64,9 @@ class Densifier:
         slots = []
         for b in range(triangles.batch_size):
             chosen = []
+            if active is not None and not bool(active[b]):
+                slots.append(torch.zeros(0, dtype=torch.long))
+                continue
             if self.respawn.enabled and progress < self.respawn.until:
                 dead = ~self.parked[b] & ((contribution[b] < self.respawn.min_contribution)
                                           | (area[b] < self.respawn.min_area)).cpu()
@@ -72,8 +77,8 @@ class Densifier:
                 bring = self.wanted_active(progress) - int((~self.parked[b]).sum())
                 chosen.append(torch.nonzero(self.parked[b]).flatten()[:max(bring, 0)])
             slots.append(torch.cat(chosen).unique() if chosen else torch.zeros(0, dtype=torch.long))
-        moved = sum(len(s) for s in slots)
-        if moved:
+        moved = [len(s) for s in slots]
+        if sum(moved):
             self._place(triangles, optimizer, error, target, slots)
         return moved
 
@@ -95,10 +100,11 @@ class Densifier:
             if not len(idx):
                 continue
             weights = density[b, 0].double().clamp_min(0).pow(self.respawn.error_power).flatten().cpu() + 1e-12
-            pick = torch.multinomial(weights, len(idx), replacement=True, generator=self.generator)
-            jitter = torch.rand(len(idx), 2, generator=self.generator, dtype=torch.float64)
+            generator = self.generators[b]
+            pick = torch.multinomial(weights, len(idx), replacement=True, generator=generator)
+            jitter = torch.rand(len(idx), 2, generator=generator, dtype=torch.float64)
             centres = torch.stack([pick % width, pick // width], 1).double() + jitter  # pixels
-            angle = torch.rand(len(idx), 1, generator=self.generator, dtype=torch.float64) * (2 * math.pi / 3)
+            angle = torch.rand(len(idx), 1, generator=generator, dtype=torch.float64) * (2 * math.pi / 3)
             turns = angle + torch.arange(3, dtype=torch.float64) * (2 * math.pi / 3)  # (k, 3)
             corners = centres[:, None, :] + side / math.sqrt(3) * torch.stack([turns.cos(), turns.sin()], -1)
             scale = torch.tensor([width, height], dtype=torch.float64)
@@ -118,10 +124,12 @@ class Densifier:
         _reorder(params, optimizer, order, fresh)
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "parked": self.parked.clone()}
+        """Per-scene rows: the random streams' states (B, S) and the parked mask (B, T)."""
+        return {"generators": torch.stack([g.get_state() for g in self.generators]), "parked": self.parked.clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        for generator, row in zip(self.generators, state["generators"].cpu()):
+            generator.set_state(row.clone())
         self.parked = state["parked"].cpu().clone()
 
 

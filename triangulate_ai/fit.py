@@ -16,6 +16,7 @@ from .config import BALANCER_OPTIONS, Config, RegularizerConfig
 from .densify import Densifier
 from .errors import UserError
 from .init import initial_triangles
+from .triangles import TriangleSet
 from .loss import build_terms
 from .loss.balance import BalanceContext, build_balancer
 from .loss.balance.base import grad_norm
@@ -25,29 +26,28 @@ from .render import make_renderer
 from .schedule import Schedules
 
 
-class NonFiniteLoss(RuntimeError):
-    """A loss or the total became NaN/Inf; the parameters were not updated with it."""
-
-    def __init__(self, name: str, value: float, step: int) -> None:
-        super().__init__(f"loss term '{name}' became {value} at step {step}; parameters of the last good step kept")
-        self.name, self.value, self.step = name, value, step
+def non_finite_message(name: str, value: float, step: int) -> str:
+    return f"loss term '{name}' became {value} at step {step}; parameters of the last good step kept"
 
 
 @dataclass
 class StepResult:
-    """What one step computed, from the parameters as they were before its update."""
+    """What one step computed for each of the B scenes (lists are indexed by scene), from the
+    parameters as they were before its update."""
 
     step: int
-    losses: dict[str, float]
-    total: float
-    weights: dict[str, float]
+    losses: dict[str, list[float]]
+    total: list[float]
+    weights: dict[str, list[float]]
     render: torch.Tensor  # (B, 3, H, W), detached
-    scheduled: dict[str, float]  # current value of every scheduled config path
-    regularizer: float | None  # the triangle regulariser (unweighted), when its weight is > 0
-    grad_norms: dict[str, float] | None = None  # per-term gradient norm on the shared parameters
-    modifier_metrics: dict[str, float] = field(default_factory=dict)  # loss_modifiers/<Modifier>.<metric>
-    respawned: int | None = None  # triangles moved by a respawn/placement event after this step
+    scheduled: dict[str, float]  # current value of every scheduled config path (shared by the scenes)
+    regularizer: list[float] | None  # the triangle regulariser (unweighted), when its weight is > 0
+    grad_norms: dict[str, list[float]] | None = None  # per-term gradient norm on the shared parameters
+    modifier_metrics: dict[str, list[float]] = field(default_factory=dict)  # loss_modifiers/<Modifier>.<metric>
+    respawned: list[int] | None = None  # triangles moved by a respawn/placement event after this step
     progress: float = 0.0  # share of the budget spent when the step started
+    active: list[bool] = field(default_factory=list)  # scenes this step updated
+    failed: dict[int, str] = field(default_factory=dict)  # scenes stopped by this step, with why
 
 
 class Observer(Protocol):
@@ -55,22 +55,34 @@ class Observer(Protocol):
 
 
 class Fitter:
-    """Owns the parameters, optimiser and balancer for targets (B, 3, H, W)."""
+    """Owns the parameters, optimiser and balancer of B independent scenes, targets (B, 3, H, W).
+
+    Scene b is initialised from its own seed (`seeds[b]`, default cfg.seed) and, through per-scene
+    losses, balancer state and an elementwise optimiser, evolves exactly as a fit of scene b
+    alone. A scene stops (`active[b]` False, parameters frozen at its last good step) when one of
+    its losses or parameters stops being finite, or when `finish_scene` is called for it; the
+    others go on. One scene is the case B = 1."""
 
     def __init__(self, cfg: Config, target: torch.Tensor, background: torch.Tensor,
-                 mask: torch.Tensor | None = None) -> None:
+                 mask: torch.Tensor | None = None, seeds: list[int] | None = None) -> None:
         self.cfg = cfg
         self.target = target
         self.mask = mask
+        self.batch = target.shape[0]
+        self.seeds = list(seeds) if seeds is not None else [cfg.seed] * self.batch
+        if len(self.seeds) != self.batch:
+            raise ValueError(f"{len(self.seeds)} seeds for {self.batch} scenes")
         self.height, self.width = target.shape[-2:]
-        generator = torch.Generator().manual_seed(cfg.seed)
-        self.triangles = initial_triangles(cfg.triangles, target.cpu(), background.cpu(), generator).to(target.device)
+        self.triangles = TriangleSet.cat([
+            initial_triangles(cfg.triangles, target[b:b + 1].cpu(), background[b:b + 1].cpu(),
+                              torch.Generator().manual_seed(seed))
+            for b, seed in enumerate(self.seeds)]).to(target.device)
         self.renderer = make_renderer(cfg.render, target.device)
         self.terms = build_terms(cfg.loss)
         for name, term in self.terms.items():
             term.prepare(target.device, target.dtype)
             _check_term(name, term, target, mask)
-        self.balancer = build_balancer(cfg.loss).to(target.device)
+        self.balancer = build_balancer(cfg.loss, self.batch).to(target.device)
         groups = self.triangles.param_groups(cfg.optim.lr.model_dump())
         balancer_params = self.balancer.loop_parameters()
         if balancer_params:
@@ -79,14 +91,18 @@ class Fitter:
         shared = [self.triangles.positions]
         if cfg.loss.shared_params == "all":
             shared += [self.triangles.color_logits, self.triangles.opacity_logits]
-        self.context = BalanceContext(shared_params=shared, iterations=cfg.optim.iterations)
+        self.context = BalanceContext(shared_params=shared, iterations=cfg.optim.iterations or 0)
         self.regularizer = TriangleRegularizer(cfg.regularizer)
         self.modifiers = build_pipeline(cfg.modifiers)
         self.schedules = Schedules(cfg.schedules, {path: self._setter(path) for path in cfg.schedules})
-        self.densifier = Densifier(cfg, self.triangles, cfg.seed)
+        self.densifier = Densifier(cfg, self.triangles, self.seeds)
         self.step = 0
         self.elapsed = 0.0  # seconds spent in run(), across resumes
         self.stop_reason: str | None = None
+        self.active = torch.ones(self.batch, dtype=torch.bool)
+        self.scene_stop: list[str | None] = [None] * self.batch  # why a stopped scene stopped
+        self.stopped_at: list[int | None] = [None] * self.batch  # steps it had done then
+        self.errors: list[str | None] = [None] * self.batch
 
     def progress(self, step: int | None = None) -> float:
         """Share of the budget spent at the start of `step` (default: now), 0 to 1: steps /
@@ -143,42 +159,91 @@ class Fitter:
         scheduled = self.schedules.apply(self.step, progress)
         pred = self.render()
         losses = self.compute_losses(pred)
-        for name, value in losses.items():
-            if not torch.isfinite(value):
-                raise NonFiniteLoss(name, value.item(), self.step)
-        total = self.balancer(losses, self.step, self.context)
+        failed = {}
+        for b in torch.nonzero(self.active).flatten().tolist():
+            for name, value in losses.items():
+                if not torch.isfinite(value[b]):
+                    failed[b] = non_finite_message(name, value[b].item(), self.step)
+                    break
+        self._stop(failed, "error")
+        active = self.active.to(pred.device)
+        total = self.balancer(losses, self.step, self.context, active=active)
         weights = self.balancer.get_loss_weights()  # as used by this step, before any update
         every = self.cfg.log.grad_norm_every
         grad_norms = self._grad_norms(losses) if every and self.step % every == 0 else None
         regularizer = None
         if self.regularizer.weight > 0:  # outside the balancer: it is not an image loss
-            penalty = self.regularizer(self.triangles.positions, self.height, self.width)
-            regularizer = penalty.item()
-            total = total + self.regularizer.weight * penalty
-        if not torch.isfinite(total):
-            raise NonFiniteLoss("total", total.item(), self.step)
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
+            penalty = self.regularizer(self.triangles.positions, self.height, self.width, ~self.densifier.parked.to(
+                pred.device))
+            regularizer = penalty.tolist()
+            total = total + self.regularizer.weight * torch.where(active, penalty, torch.zeros_like(penalty))
+        for b in torch.nonzero(self.active & ~torch.isfinite(total.detach().cpu())).flatten().tolist():
+            failed[b] = non_finite_message("total", total[b].item(), self.step)
+            self._stop({b: failed[b]}, "error")
+        active = self.active.to(pred.device)
+        frozen = [p.detach().clone() for p in self._scene_params()]
+        if bool(active.any()):
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.where(active, total, torch.zeros_like(total)).sum().backward()
+            self.optimizer.step()
+        self._restore_inactive(frozen)
         respawned = None
         if self.densifier.active and self.densifier.due(self.step, progress):  # between this step and the next
             respawned = self.densifier(self.triangles, self.optimizer, self.renderer, self.target,
-                                       self.progress(self.step + 1))
+                                       self.progress(self.step + 1), self.active)
         result = StepResult(
             step=self.step,
-            losses={name: value.item() for name, value in losses.items()},
-            total=total.item(),
-            weights=weights,
+            losses={name: value.detach().tolist() for name, value in losses.items()},
+            total=total.detach().tolist(),
+            weights={name: value.tolist() for name, value in weights.items()},
             render=pred.detach(),
             scheduled=scheduled,
             regularizer=regularizer,
             grad_norms=grad_norms,
-            modifier_metrics=self.modifiers.metrics() if self.modifiers.active else {},
+            modifier_metrics=self.modifiers.metrics(self.batch) if self.modifiers.active else {},
             respawned=respawned,
             progress=progress,
+            active=self.active.tolist(),
+            failed=failed,
         )
         self.step += 1
         return result
+
+    def _scene_params(self) -> list[torch.Tensor]:
+        """Every tensor the optimiser steps, each with the scene as its first dimension."""
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _restore_inactive(self, frozen: list[torch.Tensor]) -> None:
+        """Stopped scenes keep their parameters (Adam's momentum would move them on a zero
+        gradient); a scene whose parameters stopped being finite is stopped and restored too."""
+        current = self._scene_params()
+        finite = torch.stack([torch.isfinite(p.detach()).flatten(1).all(dim=1).cpu() for p in current]).all(dim=0)
+        broken = torch.nonzero(self.active & ~finite).flatten().tolist()
+        self._stop({b: f"parameters became non-finite at step {self.step}; those of the last good step kept"
+                    for b in broken}, "error")
+        keep = ~self.active
+        if bool(keep.any()):
+            with torch.no_grad():
+                for param, before in zip(current, frozen):
+                    rows = keep.to(param.device).view(-1, *[1] * (param.dim() - 1))
+                    param.copy_(torch.where(rows, before, param))
+
+    def _stop(self, scenes: dict[int, str], reason: str) -> None:
+        for b, message in scenes.items():
+            if self.active[b]:
+                self.active[b] = False
+                self.scene_stop[b] = reason
+                self.stopped_at[b] = self.step
+                self.errors[b] = message if reason == "error" else None
+
+    def steps_done(self, scene: int) -> int:
+        """Steps that updated `scene`: all of them, or those before it stopped."""
+        stopped = self.stopped_at[scene]
+        return self.step if stopped is None else stopped
+
+    def finish_scene(self, scene: int, reason: str) -> None:
+        """Stop updating one scene (e.g. it reached its target PSNR); the others go on."""
+        self._stop({scene: reason}, reason)
 
     def compute_losses(self, pred: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every term on this render; through the modifier pipeline when one is on (terms with a
@@ -190,20 +255,21 @@ class Fitter:
                 if hasattr(term, "per_pixel") else term(pred, target, self.mask)
                 for name, term in self.terms.items()}
 
-    def _grad_norms(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
-        """||d L_i / d W|| over the shared parameters, one backward pass per term."""
+    def _grad_norms(self, losses: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+        """Per scene ||d L_i / d W|| over its shared parameters, one backward pass per term."""
         params = [p for p in self.context.shared_params if p.requires_grad]
-        return {name: float(grad_norm(loss, params)) for name, loss in losses.items()}
+        return {name: grad_norm(loss, params).tolist() for name, loss in losses.items()}
 
     def run(self, observers: list[Observer], should_stop: Callable[[], str | None] = lambda: None) -> str:
         """Steps until a budget runs out or `should_stop` names a reason; returns the reason:
-        "iterations", "time_limit", or what `should_stop` said (e.g. "interrupted"). Both are
+        "iterations", "time_limit", "stopped" (every scene stopped on its own: errors, targets),
+        or what `should_stop` said (e.g. "interrupted"). Both are
         asked only between steps, so a stop never splits an update. Time counts the loop,
         observers included."""
         started, before = time.perf_counter(), self.elapsed
         while True:
             self.elapsed = before + time.perf_counter() - started
-            reason = self.budget_spent() or should_stop()
+            reason = self.budget_spent() or should_stop() or (None if bool(self.active.any()) else "stopped")
             if reason:
                 self.stop_reason = reason
                 return reason
@@ -211,11 +277,10 @@ class Fitter:
             for observer in observers:
                 observer.on_step(self, result)
 
-    def parameters_finite(self) -> bool:
-        return all(torch.isfinite(p).all() for p in self.triangles.parameters())
-
-    def state_dict(self) -> dict:
-        return {
+    def state_dict(self, scene: int | None = None) -> dict:
+        """Everything to resume: of all scenes, or of one (`scene`) as a fit of it alone would
+        save it, so each scene's run folder holds an ordinary one-scene checkpoint."""
+        state = {
             "step": self.step,
             "triangles": self.triangles.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -223,6 +288,9 @@ class Fitter:
             "elapsed": self.elapsed,
             "densifier": self.densifier.state_dict(),
         }
+        if scene is None:
+            return state
+        return {**take_scene(state, scene), "step": self.steps_done(scene)}
 
     def load_state_dict(self, state: dict) -> None:
         self.triangles.load_state_dict(state["triangles"])
@@ -231,6 +299,62 @@ class Fitter:
         self.densifier.load_state_dict(state["densifier"])
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
+
+    def load_scene_states(self, states: list[dict]) -> None:
+        """Resume B scenes from B one-scene states (saved at the same step)."""
+        steps = {int(s["step"]) for s in states}
+        if len(steps) != 1:
+            raise ValueError(f"scenes saved at different steps ({sorted(steps)}) cannot resume as one batch")
+        self.load_state_dict(join_scenes(states))
+
+
+SCENE_SECTIONS = ("triangles", "optimizer", "balancer", "densifier")
+
+
+def _map_scene_tensors(state, fn):
+    """Apply fn to every tensor with a scene dimension (dim >= 1) in a nested state; 0-d tensors
+    (step counters) and plain values are shared by the scenes and kept as they are."""
+    if torch.is_tensor(state):
+        return fn(state) if state.dim() >= 1 else state
+    if isinstance(state, dict):  # dict or OrderedDict (module state dicts)
+        return type(state)((k, _map_scene_tensors(v, fn)) for k, v in state.items())
+    if isinstance(state, list):
+        return [_map_scene_tensors(v, fn) for v in state]
+    return state
+
+
+def take_scene(state: dict, scene: int) -> dict:
+    """The one-scene state of scene `scene` from a batch state (param_groups are shared)."""
+    out = dict(state)
+    for key in SCENE_SECTIONS:
+        section = state[key]
+        if key == "optimizer":
+            out[key] = {"state": _map_scene_tensors(section["state"], lambda t: t[scene:scene + 1].clone()),
+                        "param_groups": section["param_groups"]}
+        else:
+            out[key] = _map_scene_tensors(section, lambda t: t[scene:scene + 1].clone())
+    return out
+
+
+def join_scenes(states: list[dict]) -> dict:
+    """A batch state from one-scene states, scene b from states[b]."""
+    def cat(path_values):
+        first = path_values[0]
+        if torch.is_tensor(first):
+            return torch.cat(path_values) if first.dim() >= 1 else first
+        if isinstance(first, dict):
+            return type(first)((k, cat([v[k] for v in path_values])) for k in first)
+        if isinstance(first, list):
+            return [cat([v[i] for v in path_values]) for i in range(len(first))]
+        return first
+
+    out = dict(states[0])
+    for key in SCENE_SECTIONS:
+        if key == "optimizer":
+            out[key] = {"state": cat([s[key]["state"] for s in states]), "param_groups": states[0][key]["param_groups"]}
+        else:
+            out[key] = cat([s[key] for s in states])
+    return out
 
 
 def _check_term(name: str, term, target: torch.Tensor, mask: torch.Tensor | None) -> None:

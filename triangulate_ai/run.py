@@ -22,6 +22,7 @@ from PIL import Image
 
 from . import __version__
 from .export import comparison_sheet, gif_bytes, rasterize_svg, scene_to_dict, svg_from_dict
+from .config import Config
 from .errors import UserError
 from .fit import Fitter, StepResult
 from .io import save_png, to_uint8, write_atomic, write_json
@@ -74,11 +75,17 @@ def read_checkpoint(path: Path, device: torch.device) -> dict:
 def load_fitter_state(fitter: Fitter, state: dict, path: Path) -> None:
     """Parameters, optimiser and balancer from a checkpoint; a mismatch with this config (say, a
     different triangle count or balancer) is a UserError naming the file."""
+    load_scene_states(fitter, [state], [path])
+
+
+def load_scene_states(fitter: Fitter, states: list[dict], paths: list[Path]) -> None:
+    """B one-scene checkpoints into a fitter of B scenes; mismatches are UserErrors naming a file."""
     try:
-        fitter.load_state_dict(state["fitter"])
-    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        fitter.load_scene_states([state["fitter"] for state in states])
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
         reason = " ".join(str(exc).split())[:200]
-        raise UserError(f"{path}: checkpoint does not fit this run's config ({type(exc).__name__}: {reason})") from None
+        where = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more)"
+        raise UserError(f"{where}: checkpoint does not fit this run's config ({type(exc).__name__}: {reason})") from None
 
 
 def to_numpy_image(image: torch.Tensor) -> np.ndarray:
@@ -87,11 +94,15 @@ def to_numpy_image(image: torch.Tensor) -> np.ndarray:
 
 
 class RunRecorder:
-    """Writes everything a run leaves behind, into `folder`."""
+    """Writes everything a run leaves behind, into `folder`: the run of scene `scene` of the
+    fitter's batch, exactly as a fit of that scene alone would write it."""
 
     def __init__(self, folder: Path | None, fitter: Fitter, evaluator: Evaluator,
-                 on_warning: Callable[[dict], None] = lambda warning: None) -> None:
+                 on_warning: Callable[[dict], None] = lambda warning: None, scene: int = 0,
+                 cfg: Config | None = None) -> None:
         self.folder = folder  # None: keep everything in memory (the Python API without `out`)
+        self.scene = scene
+        self.cfg = cfg or fitter.cfg  # this scene's own config (its image and seed) for the summary
         self.evaluator = evaluator
         self.on_warning = on_warning
         self.target = evaluator.target  # (H, W, 3) composited target, for metrics and comparisons
@@ -105,20 +116,25 @@ class RunRecorder:
         # evaluation of the parameters at the start of step `pending[0]`, logged with that step
         self.pending = (0, self._evaluate(fitter))
         self.initial = {**{f"{k}_initial": v for k, v in self.pending[1].items()},
-                        "psnr_flat_mean": flat_mean_psnr(fitter.target)}
+                        "psnr_flat_mean": flat_mean_psnr(self._mine(fitter.target))}
         self.last: StepResult | None = None
         log = cfg.log
         self.tb_cfg = log.tensorboard
         self.tensorboard = TensorBoardSink(folder / "tensorboard", log.tensorboard) \
             if log.tensorboard.enabled and folder is not None else None
-        target_variance = float(fitter.target.var(dim=(2, 3)).mean())
+        target_variance = float(self._mine(fitter.target).var(dim=(2, 3)).mean())
         self.monitor = WarningMonitor(log.warnings, list(fitter.terms), target_variance) \
             if log.warnings.enabled else None
         self.final_drawing: np.ndarray | None = None  # set by finish()
         self.final_soft: np.ndarray | None = None
 
     # --- observing the loop -------------------------------------------------------------
+    def _mine(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch[self.scene:self.scene + 1]
+
     def on_step(self, fitter: Fitter, result: StepResult) -> None:
+        if not result.active[self.scene]:  # stopped before or by this step: its outputs are written apart
+            return
         self.last = result
         step, done = result.step, result.step + 1
         to_jsonl = step % self.log_every == 0 or done == self.iterations
@@ -130,9 +146,9 @@ class RunRecorder:
                 record.update({f"eval/{k}": v for k, v in self.pending[1].items()})
                 self.pending = None
             self._emit(record, jsonl=to_jsonl or evaluated or bool(result.grad_norms) or result.respawned is not None,
-                       images=self._images(fitter, result), render=result.render)
+                       images=self._images(fitter, result), render=self._mine(result.render))
         if step % self.gif_every == 0:
-            self.frames.append(_gif_frame(to_numpy_image(result.render[0])))
+            self.frames.append(_gif_frame(to_numpy_image(result.render[self.scene])))
         if done % self.eval_every == 0 and self._before_end(done):
             self.pending = (done, self._evaluate(fitter))
         if done % self.ckpt_every == 0 and self._before_end(done):
@@ -149,29 +165,31 @@ class RunRecorder:
             and self.pending[1]["psnr"] >= target
 
     def _train_record(self, fitter: Fitter, result: StepResult) -> dict:
+        b = self.scene
+        losses = {k: v[b] for k, v in result.losses.items()}
         record = {
             "time_s": round(self._elapsed_now(), 3),
-            "total": result.total,
-            **{f"loss/{k}": v for k, v in result.losses.items()},
-            **{f"log_loss/{k}": math.log(v) for k, v in result.losses.items() if v > 0},
-            **{f"weight/{k}": v for k, v in result.weights.items()},
-            "psnr_soft": psnr_torch(result.render, fitter.target),
+            "total": result.total[b],
+            **{f"loss/{k}": v for k, v in losses.items()},
+            **{f"log_loss/{k}": math.log(v) for k, v in losses.items() if v > 0},
+            **{f"weight/{k}": v[b] for k, v in result.weights.items()},
+            "psnr_soft": psnr_torch(self._mine(result.render), self._mine(fitter.target)),
             **{f"schedule/{k}": v for k, v in result.scheduled.items()},
-            **{f"grad_norm/{k}": v for k, v in (result.grad_norms or {}).items()},
-            **result.modifier_metrics,
+            **{f"grad_norm/{k}": v[b] for k, v in (result.grad_norms or {}).items()},
+            **{k: v[b] for k, v in result.modifier_metrics.items()},
             "progress": round(result.progress, 5),
         }
         if result.respawned is not None:
-            record["respawned"] = result.respawned
+            record["respawned"] = result.respawned[b]
         if result.regularizer is not None:
-            record.update(regularizer=result.regularizer, regularizer_weight=fitter.regularizer.weight)
+            record.update(regularizer=result.regularizer[b], regularizer_weight=fitter.regularizer.weight)
         return record
 
     def _images(self, fitter: Fitter, result: StepResult) -> dict[str, np.ndarray] | None:
         every = self.tb_cfg.image_every
         if self.tensorboard is None or not every or result.step % every:
             return None
-        render = to_numpy_image(result.render[0])
+        render = to_numpy_image(result.render[self.scene])
         error = np.abs(render - self.target).mean(axis=-1, keepdims=True).repeat(3, axis=-1)
         return {"images/render": render, "images/abs_error": np.clip(error * 2, 0, 1)}
 
@@ -199,12 +217,12 @@ class RunRecorder:
     def save_checkpoint(self, fitter: Fitter) -> None:
         """Atomic: a crash while writing leaves the previous checkpoint intact. Only tensors,
         numbers, strings, lists and dicts go in, so it loads with torch.load(weights_only=True)."""
-        if self.folder is None or not fitter.parameters_finite():
+        if self.folder is None:
             return
         frames = torch.from_numpy(np.stack(self.frames)) if self.frames else torch.zeros(0, dtype=torch.uint8)
         state = {
             "format": CHECKPOINT_FORMAT,
-            "fitter": fitter.state_dict(),
+            "fitter": fitter.state_dict(self.scene),  # this scene alone: an ordinary one-scene checkpoint
             "recorder": {"frames": frames, "elapsed": self._elapsed_now(), "initial": self.initial,
                          "warnings": json.loads(json.dumps(self.warnings))},  # plain Python values only
             "version": __version__,
@@ -239,7 +257,7 @@ class RunRecorder:
     # --- final outputs --------------------------------------------------------------------
     def _evaluate(self, fitter: Fitter) -> dict[str, float]:
         """Metrics of the current triangles as the exported SVG draws them."""
-        data = scene_to_dict(fitter.triangles.scene(), fitter.height, fitter.width)
+        data = scene_to_dict(fitter.triangles.scene(), fitter.height, fitter.width, index=self.scene)
         return self.evaluator(rasterize_svg(svg_from_dict(data)))
 
     @property
@@ -248,16 +266,19 @@ class RunRecorder:
 
     def finish(self, fitter: Fitter, completed: bool, device: torch.device, error: str | None = None) -> dict:
         """Write final.png, compare.png, triangles.json/.svg, progress.gif, checkpoint, summary
-        (only the summary is computed when there is no folder)."""
+        (only the summary is computed when there is no folder). `error` defaults to why the
+        fitter stopped this scene, if it did so on an error."""
+        error = error if error is not None else fitter.errors[self.scene]
         wall = self._elapsed_now()
         self.save_checkpoint(fitter)
+        b = self.scene
         with torch.no_grad():
             render = fitter.render()
-            final_losses = {name: float(loss) for name, loss in fitter.compute_losses(render).items()}
+            final_losses = {name: float(loss[b]) for name, loss in fitter.compute_losses(render).items()}
             with fitter.modifiers.disabled():
-                raw_losses = {name: float(loss) for name, loss in fitter.compute_losses(render).items()}
-        soft = to_numpy_image(render[0])
-        data = scene_to_dict(fitter.triangles.scene(), fitter.height, fitter.width)
+                raw_losses = {name: float(loss[b]) for name, loss in fitter.compute_losses(render).items()}
+        soft = to_numpy_image(render[b])
+        data = scene_to_dict(fitter.triangles.scene(), fitter.height, fitter.width, index=b)
         svg = svg_from_dict(data)
         hard = rasterize_svg(svg)
         self.final_drawing, self.final_soft = hard, soft
@@ -269,13 +290,13 @@ class RunRecorder:
             write_atomic(self.folder / "progress.gif", gif_bytes(self.frames + [_gif_frame(hard)]))
         quality = self.evaluator(hard)
         soft_quality = self.evaluator(soft)
-        self._emit({"step": fitter.step, **{f"eval/{k}": v for k, v in quality.items()}})
+        self._emit({"step": fitter.steps_done(b), **{f"eval/{k}": v for k, v in quality.items()}})
         if self.tensorboard is not None:
             self.tensorboard.close()
         cfg = fitter.cfg
         networks = cfg.network_weights()
         summary = {
-            "image": cfg.image.path,
+            "image": self.cfg.image.path,
             "width": fitter.width,
             "height": fitter.height,
             "triangles": fitter.triangles.count,
@@ -290,20 +311,21 @@ class RunRecorder:
             "perceptual_weights": _weights_summary(networks),
             "network_weights": networks,
             **self.initial,
-            "iterations": fitter.step,
+            "iterations": fitter.steps_done(b),
             "iterations_planned": self.iterations,
             "time_limit_s": fitter.cfg.optim.time_limit,
             "target_psnr": fitter.cfg.optim.target_psnr,
-            "stopped_by": fitter.stop_reason,  # iterations | time_limit | target_psnr | interrupted | an error
+            "stopped_by": fitter.scene_stop[b] or fitter.stop_reason,  # iterations | time_limit | target_psnr |
+            # interrupted | error
             "completed": completed,
             "error": error,
             "warnings": self.warnings,
             "final_losses": final_losses,  # final parameters, modifiers as configured
             "final_losses_unmodified": raw_losses,  # final parameters, modifier pipeline off
-            "final_loss_weights": self.last.weights if self.last else {},  # as used by the last step
+            "final_loss_weights": {k: v[b] for k, v in self.last.weights.items()} if self.last else {},  # last step
             "wall_time_s": round(wall, 3),
-            "seconds_per_iteration": round(wall / max(fitter.step, 1), 5),
-            "seed": cfg.seed,
+            "seconds_per_iteration": round(wall / max(fitter.steps_done(b), 1), 5),
+            "seed": self.cfg.seed,
             "backend": fitter.renderer.name,
             "device": str(device),
             "versions": {"python": platform.python_version(), "torch": torch.__version__,

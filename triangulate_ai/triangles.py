@@ -41,6 +41,20 @@ class TriangleSet(nn.Module):
         else:
             self.register_buffer("fixed_background", background.clone())
 
+    @classmethod
+    def cat(cls, sets: list["TriangleSet"]) -> "TriangleSet":
+        """One set of B1 + B2 + ... scenes, each scene's parameters copied exactly (no round trip
+        through probabilities), so scene b starts as it would alone."""
+        first = sets[0]
+        out = cls.__new__(cls)
+        nn.Module.__init__(out)
+        out.learn_background = first.learn_background
+        for name, _ in first.named_parameters(recurse=False):
+            setattr(out, name, nn.Parameter(torch.cat([getattr(s, name).detach() for s in sets])))
+        for name, _ in first.named_buffers(recurse=False):
+            out.register_buffer(name, torch.cat([getattr(s, name) for s in sets]))
+        return out
+
     @property
     def batch_size(self) -> int:
         return self.positions.shape[0]
