@@ -1,4 +1,9 @@
-"""`train.py`: fit one image with triangles and write a run folder."""
+"""`train.py`: fit images with triangles, one run folder per (image, seed).
+
+One image and one seed: a single fit into `--out` (default runs/<image name>). Several images
+(files, folders, glob patterns) and/or several seeds: B scenes per launch (`--batch-size`),
+batched by image size, each in `<out>/<image name>_seed<N>` (default out: runs/), and a table
+of all of them (also written to <out>/summary.md)."""
 
 from __future__ import annotations
 
@@ -9,23 +14,31 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .api import FitFailed, Run, budget_values, check_folder, random_network_warnings
+from .api import FitFailed, Job, Run, budget_values, check_folder, random_network_warnings
 from .config import Config, load_config
 from .errors import UserError, program_name
 from .fit import Fitter
-from .io import TargetImage
+from .io import TargetImage, load_image, write_atomic
 from .progress import ProgressBar
 from .run import CHECKPOINT
 from .stop import StopRequest
 
 EXIT_INTERRUPTED = 130
+DEFAULT_BATCH = 8  # scenes per launch; see the README's batching figures
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=program_name(), description="Fit an image with learnable triangles.")
     parser.add_argument("--config", type=Path, help="YAML config (defaults: configs/base.yaml)")
-    parser.add_argument("--image", type=Path, help="target image (PNG or JPEG); overrides image.path")
-    parser.add_argument("--out", type=Path, help="run folder (default: runs/<image name>)")
+    parser.add_argument("--image", nargs="+", metavar="IMAGE",
+                        help="target image(s): files, folders of images, or glob patterns (quoted); overrides "
+                             "image.path")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="N", help="fit every image once per seed")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, metavar="B",
+                        help=f"scenes (image, seed) fitted together in one launch (default {DEFAULT_BATCH})")
+    parser.add_argument("--out", type=Path, help="run folder (default: runs/<image name>); with several images or "
+                        "seeds, the folder holding one run folder per image and seed (default: runs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set render.sigma=0.3 (repeatable)")
     parser.add_argument("--iterations", type=int, metavar="N", help="optimisation steps (optim.iterations)")
@@ -51,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be >= 1")
+    images = expand_images(args.image) if args.image else None
+    if args.resume is None and ((images and len(images) > 1) or (args.seeds and len(args.seeds) > 1)):
+        return _train_many(args, images)
+    if images:
+        args.image = images[0]
+    if args.seeds:
+        args.overrides = [*args.overrides, f"seed={args.seeds[0]}"]
     cfg, folder = _config_and_folder(args)
     run = Run(cfg, folder, resume=args.resume is not None, overwrite=args.overwrite, on_warning=_print_warning)
     for line in random_network_warnings(cfg):
@@ -145,6 +167,126 @@ def final_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def expand_images(items: list[str]) -> list[Path]:
+    """Files as given, folders as the images they hold (sorted), glob patterns as their matches;
+    an empty folder or a pattern matching nothing is an error."""
+    found: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if any(ch in item for ch in "*?["):
+            matches = sorted(p for p in Path().glob(item) if p.is_file()) if not path.is_absolute() else \
+                sorted(p for p in Path(path.anchor).glob(str(path.relative_to(path.anchor))) if p.is_file())
+            if not matches:
+                raise UserError(f"--image {item}: the pattern matches no file")
+            found += matches
+        elif path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise UserError(f"--image {item}: the folder holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            found += inside
+        else:
+            found.append(path)
+    return list(dict.fromkeys(found))
+
+
+def _train_many(args: argparse.Namespace, images: list[Path] | None) -> int:
+    """Many scenes: every (image, seed), B per launch, then one table of all of them."""
+    if args.resume is not None:
+        raise UserError("--resume continues one run folder; give it without --image lists or --seeds")
+    base = load_config(args.config, args.overrides,
+                       budget_values(args.overrides, args.iterations, args.time, args.target_psnr),
+                       values_source="--iterations/--time/--target-psnr")
+    if images is None:
+        if base.image.path is None:
+            raise UserError("no image given: pass --image PATH or set image.path in the config")
+        images = [Path(base.image.path)]
+    stems = [p.stem for p in images]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise UserError(f"two images are named {twice[0]}: their run folders would collide; rename one")
+    loaded = {}
+    problems = []
+    for path in images:  # every image is read before any fit starts
+        try:
+            loaded[path] = load_image(path, base.image.max_size)
+        except UserError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise UserError("\n".join(problems) if len(problems) == 1 else
+                        "\nerror: ".join([f"{len(problems)} images cannot be used:"] + problems))
+    out = args.out or Path("runs")
+    seeds = args.seeds or [base.seed]
+    jobs = []
+    for path in images:
+        for seed in seeds:
+            cfg = load_config(args.config, args.overrides, {
+                "image.path": str(path), "seed": seed,
+                **budget_values(args.overrides, args.iterations, args.time, args.target_psnr)},
+                values_source="--image/--seeds")
+            jobs.append(Job(cfg, out / f"{path.stem}_seed{seed}", image=loaded[path]))
+    check_folder(out)
+    for line in random_network_warnings(base):
+        print(f"warning: {line}", file=sys.stderr)
+    batches = plan_batches(jobs, args.batch_size)
+    print(f"{len(jobs)} scene(s) ({len(images)} image(s) x {len(seeds)} seed(s)) in {len(batches)} launch(es) of up "
+          f"to {args.batch_size}, {budget_text(base)} -> {out}")
+    results, stop = [], StopRequest("\nstopping after this step (Ctrl-C again to abort without saving)")
+    with stop:
+        for i, batch in enumerate(batches, start=1):
+            run = Run.batch(batch, overwrite=args.overwrite, on_warning=_print_scene_warning(batch))
+            for note in run.notes:
+                print(note)
+            names = ", ".join(f"{job.folder.name}" for job in batch)
+            print(f"launch {i}/{len(batches)}: {names} ({run.images[0].size[0]}x{run.images[0].size[1]}, "
+                  f"{run.fitter.renderer.name} on {run.device})")
+            progress = ProgressBar(base, run.fitter)
+            try:
+                results += run.execute_all([progress], stop.requested)
+            finally:
+                progress.close()
+            if stop.requested():
+                break
+    table = scenes_table(results)
+    print(table)
+    write_atomic(out / "summary.md", table + "\n")
+    failed = [r for r in results if r.metrics["error"]]
+    if stop.requested():
+        print(f"interrupted: {len(results)} of {len(jobs)} scene(s) saved; run the same command with --overwrite "
+              "to start again, or --resume one folder to continue it")
+        return EXIT_INTERRUPTED
+    return 1 if failed else 0
+
+
+def plan_batches(jobs: list[Job], size: int) -> list[list[Job]]:
+    """Scenes grouped by image size (a batch shares one canvas), then cut into batches of `size`."""
+    by_size: dict[tuple[int, int], list[Job]] = {}
+    for job in jobs:
+        by_size.setdefault(job.image.size, []).append(job)
+    return [group[i:i + size] for group in by_size.values() for i in range(0, len(group), size)]
+
+
+def _print_scene_warning(batch: list[Job]):
+    def show(scene: int, warning: dict) -> None:
+        tqdm.write(f"warning: {batch[scene].folder.name}: step {warning['step']}: {warning['message']}",
+                   file=sys.stderr)
+    return show
+
+
+def scenes_table(results) -> str:
+    """One Markdown row per scene: image, seed, PSNR/SSIM of the export, steps, time, how it ended."""
+    lines = ["| run | PSNR (dB) | SSIM | steps | loop time (s) | stopped by | folder |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        m = r.metrics
+        end = m["stopped_by"] + (f": {m['error']}" if m["error"] else "")
+        lines.append(f"| {r.folder.name} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['iterations']} | "
+                     f"{m['wall_time_s']:.1f} | {end} | {r.folder} |")
+    if results:
+        mean = sum(r.metrics["psnr"] for r in results) / len(results)
+        lines.append(f"| **mean of {len(results)}** | **{mean:.2f}** | | | | | |")
+    return "\n".join(lines)
+
+
 def _config_and_folder(args: argparse.Namespace) -> tuple[Config, Path]:
     if args.resume is not None:
         resolved = args.resume / "config.yaml"
@@ -157,7 +299,8 @@ def _config_and_folder(args: argparse.Namespace) -> tuple[Config, Path]:
             args.resume
     values = {"image.path": str(args.image)} if args.image else {}
     values.update(budget_values(args.overrides, args.iterations, args.time, args.target_psnr))
-    cfg = load_config(args.config, args.overrides, values, values_source="--image/--iterations/--time/--target-psnr")
+    cfg = load_config(args.config, args.overrides, values,
+                      values_source="--image/--iterations/--time/--target-psnr")
     if cfg.image.path is None:
         raise UserError("no image given: pass --image PATH or set image.path in the config")
     folder = args.out or Path("runs") / Path(cfg.image.path).stem

@@ -85,7 +85,8 @@ def load_scene_states(fitter: Fitter, states: list[dict], paths: list[Path]) -> 
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
         reason = " ".join(str(exc).split())[:200]
         where = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more)"
-        raise UserError(f"{where}: checkpoint does not fit this run's config ({type(exc).__name__}: {reason})") from None
+        raise UserError(f"{where}: checkpoint does not fit this run's config "
+                        f"({type(exc).__name__}: {reason})") from None
 
 
 def to_numpy_image(image: torch.Tensor) -> np.ndarray:

@@ -44,8 +44,9 @@ PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 class ExecutorConfig(Section):
     type: Literal["local", "ray"] = "local"
-    workers: int = Field(0, ge=0)  # parallel runs; 0 = one per CPU core
+    workers: int = Field(0, ge=0)  # parallel tasks; 0 = one per CPU core
     address: Optional[str] = None  # ray: "auto", a cluster address, or none for a local instance
+    batch_size: int = Field(8, ge=1)  # runs of one method fitted together in one task (one loop)
 
 
 class AblationConfig(Section):
@@ -164,37 +165,103 @@ def run_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def run_one(run: dict, threads: int, lock: str) -> dict:
-    """Run one fit in this process (a pool worker or a Ray task), holding the run's lock; record
-    a failure in the folder. Returns only the folder and an exit code (None: another runner
-    holds the run): results are read from the folder, never from here."""
+def run_batch(runs: list[dict], threads: int, locks: list[str]) -> list[dict]:
+    """Fit runs of one method together in this process (a pool worker or a Ray task), holding
+    their locks; record failures in their folders. Returns only folders and exit codes (None:
+    another runner holds the run): results are read from the folders, never from here. If the
+    batch cannot start (say one image is unreadable), each run is tried alone, so a failure is
+    charged to its own run."""
     import torch
 
+    torch.set_num_threads(max(1, threads))
+    with contextlib.ExitStack() as stack:
+        held = [stack.enter_context(run_lock(Path(lock))) for lock in locks]
+        mine = [run for run, ok in zip(runs, held) if ok]
+        codes = {run["folder"]: None for run in runs}
+        for run in mine:
+            (Path(run["folder"]) / "failed.json").unlink(missing_ok=True)
+        if mine:
+            codes.update(_fit(mine) if len(mine) == 1 else _fit_batch(mine))
+    return [{"folder": run["folder"], "exit_code": codes[run["folder"]]} for run in runs]
+
+
+def _fit_batch(runs: list[dict]) -> dict[str, int]:
+    from ..api import Job, Run
+
+    try:
+        jobs = [Job(load_config(r["base"], values=r["sets"], values_source="ablation"), Path(r["folder"]),
+                    resume=status(Path(r["folder"])) == "resumable") for r in runs]
+        batch = Run.batch(jobs, overwrite=True)
+    except Exception:  # noqa: BLE001 - set-up problems are found and charged run by run below
+        codes = {}
+        for run in runs:
+            codes.update(_fit([run]))
+        return codes
+    stop = StopRequest()  # Ctrl-C in the terminal reaches the workers too: finish the step, save
+    try:
+        with stop:
+            results = batch.execute_all(should_stop=stop.requested)
+    except Exception as exc:  # a crash in the loop: every run of the batch failed with it
+        return {r["folder"]: _failed(r, 1, f"{type(exc).__name__}: {exc}") for r in runs}
+    codes = {}
+    for run, result in zip(runs, results):
+        error = result.metrics["error"]
+        codes[run["folder"]] = _failed(run, 1, error) if error else 0 if result.completed else EXIT_INTERRUPTED
+    return codes
+
+
+def _fit(runs: list[dict]) -> dict[str, int]:
+    """One run alone, every way it can fail recorded in its folder."""
     from ..api import FitFailed, Run
 
-    torch.set_num_threads(max(1, threads))
+    (run,) = runs
     folder = Path(run["folder"])
-    with run_lock(Path(lock)) as held:
-        if not held:
-            return {"folder": str(folder), "exit_code": None}
-        (folder / "failed.json").unlink(missing_ok=True)
-        stop = StopRequest()  # Ctrl-C in the terminal reaches the workers too: finish the step, save
-        try:
-            cfg = load_config(run["base"], values=run["sets"], values_source="ablation")
-            with stop:
-                result = Run(cfg, folder, resume=status(folder) == "resumable", overwrite=True).execute(
-                    should_stop=stop.requested)
-            code, error = (0, "") if result.completed else (EXIT_INTERRUPTED, "interrupted")
-        except UserError as exc:
-            code, error = exc.exit_code, str(exc)
-        except FitFailed as exc:
-            code, error = 1, str(exc)
-        except Exception as exc:  # a bug or a crash in one run must not stop the others
-            code, error = 1, f"{type(exc).__name__}: {exc}"
-        if code not in (0, EXIT_INTERRUPTED):
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "failed.json").write_text(json.dumps({"exit_code": code, "error": error}))
-    return {"folder": str(folder), "exit_code": code}
+    stop = StopRequest()
+    try:
+        cfg = load_config(run["base"], values=run["sets"], values_source="ablation")
+        with stop:
+            result = Run(cfg, folder, resume=status(folder) == "resumable", overwrite=True).execute(
+                should_stop=stop.requested)
+        return {run["folder"]: 0 if result.completed else EXIT_INTERRUPTED}
+    except UserError as exc:
+        return {run["folder"]: _failed(run, exc.exit_code, str(exc))}
+    except FitFailed as exc:
+        return {run["folder"]: _failed(run, 1, str(exc))}
+    except Exception as exc:  # a bug or a crash in one run must not stop the others
+        return {run["folder"]: _failed(run, 1, f"{type(exc).__name__}: {exc}")}
+
+
+def _failed(run: dict, code: int, error: str) -> int:
+    folder = Path(run["folder"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "failed.json").write_text(json.dumps({"exit_code": code, "error": error}))
+    return code
+
+
+def pack(runs: list[dict], size: int) -> list[list[dict]]:
+    """Tasks of up to `size` runs that can share one loop: the same method and grid values, the
+    same state (fresh, or resuming: those go alone, their checkpoints may be at other steps),
+    and images of one size."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        resuming = status(Path(run["folder"])) == "resumable"
+        key = (run["method"], _image_size(run), run["folder"] if resuming else "")
+        groups.setdefault(key, []).append(run)
+    return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
+
+
+def _image_size(run: dict) -> tuple[int, int] | None:
+    """The size the fit will work at (after image.max_size), from the file's header only."""
+    from PIL import Image
+
+    path, limit = run["sets"]["image.path"], run["config"]["image"]["max_size"]
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (OSError, ValueError):
+        return None  # unreadable: it fails alone
+    scale = limit / max(width, height) if limit else 1.0
+    return (max(1, round(width * scale)), max(1, round(height * scale))) if scale < 1 else (width, height)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -215,27 +282,29 @@ def _die_with_parent(parent: int) -> None:
 
 
 def execute(runs: list[dict], executor: ExecutorConfig, output: Path) -> list[dict]:
-    """Run `runs` with the configured executor, printing one line per finished run; returns the
-    runs another runner held (skipped)."""
+    """Run `runs` with the configured executor, packed into tasks of up to `batch_size` runs,
+    printing one line per finished run; returns the runs another runner held (skipped)."""
+    tasks = pack(runs, executor.batch_size)
     cpus = os.cpu_count() or 1
-    workers = max(1, min(executor.workers or cpus, len(runs)))
+    workers = max(1, min(executor.workers or cpus, len(tasks)))
     threads = max(1, cpus // workers)
     busy = []
 
-    def done(run: dict, result: dict) -> None:
-        if result["exit_code"] is None:
-            busy.append(run)
-        _report(run, result)
+    def done(task: list[dict], results: list[dict]) -> None:
+        for run, result in zip(task, results):
+            if result["exit_code"] is None:
+                busy.append(run)
+            _report(run, result)
 
-    if not runs:
+    if not tasks:
         return busy
     if executor.type == "ray":
         import ray
 
         ray.init(address=executor.address, **({} if executor.address else {"num_cpus": workers}),
                  include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-        task = ray.remote(num_cpus=1)(run_one)
-        pending = {task.remote(run, threads, str(lock_path(output, run))): run for run in runs}
+        remote = ray.remote(num_cpus=1)(run_batch)
+        pending = {remote.remote(task, threads, [str(lock_path(output, r)) for r in task]): task for task in tasks}
         while pending:
             finished, _ = ray.wait(list(pending), num_returns=1)
             done(pending.pop(finished[0]), ray.get(finished[0]))
@@ -245,7 +314,8 @@ def execute(runs: list[dict], executor: ExecutorConfig, output: Path) -> list[di
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                              initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
-        futures = {pool.submit(run_one, run, threads, str(lock_path(output, run))): run for run in runs}
+        futures = {pool.submit(run_batch, task, threads, [str(lock_path(output, r)) for r in task]): task
+                   for task in tasks}
         for future in as_completed(futures):
             done(futures[future], future.result())
     return busy
@@ -273,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images to run: names or paths of the config's images, or other image files")
     parser.add_argument("--executor", choices=["local", "ray"], help="override executor.type")
     parser.add_argument("--workers", type=int, help="override executor.workers")
+    parser.add_argument("--batch-size", type=int, help="override executor.batch_size (runs per task)")
     parser.add_argument("--address", help="override executor.address (ray)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="fit config override for every run (repeatable)")
@@ -302,8 +373,10 @@ def _selected(cfg: AblationConfig, args: argparse.Namespace, config_path: Path) 
         update["images"] = [_image_entry(cfg, item, config_path) for item in args.images]
     if args.out:
         update["output"] = str(args.out)
-    executor = {k: v for k, v in (("type", args.executor), ("workers", args.workers), ("address", args.address))
-                if v is not None}
+    executor = {k: v for k, v in (("type", args.executor), ("workers", args.workers), ("address", args.address),
+                                  ("batch_size", args.batch_size)) if v is not None}
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers {args.workers}: must be >= 0 (0 = one per CPU core)")
     update["executor"] = cfg.executor.model_copy(update=executor)

@@ -96,7 +96,8 @@ class VGGPerceptual(LossTerm):
         total = pred.new_zeros(pred.shape[0])
         for weight, a, b in zip(self.layer_weights, pred_feats, self._target_features(target)):
             diff = (a - b).flatten(1)
-            total = total + weight * (diff.abs().mean(dim=1) if self.cfg.distance == "l1" else diff.square().mean(dim=1))
+            distance = diff.abs() if self.cfg.distance == "l1" else diff.square()
+            total = total + weight * distance.mean(dim=1)
         return total
 
 
