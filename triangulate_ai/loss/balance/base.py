@@ -17,7 +17,11 @@ sees them), its total entry is 0 with zero gradient (to the losses and to the ba
 learnable parameters), its reported term weights are 0, and its state rows (buffers and
 parameters the balancer updates itself; `loop_parameters()` are the loop's to freeze) are
 exactly as before the call. The other scenes proceed exactly as if the inactive one were not
-there. `active=None` means every scene is active.
+there. `active=None` means every scene is active. The loop's part: pass the same mask at every
+later step, and keep the scene's own parameters and `loop_parameters()` rows from moving (Adam
+moves a row with zero gradient through its momentum; the gradient reaching the scene's
+parameters through its own NaN losses may itself be NaN): e.g. zero their gradient rows and
+put the rows back after the optimiser step.
 """
 
 from __future__ import annotations
