@@ -122,6 +122,18 @@ def test_a_diverging_scene_stops_alone(tmp_path, monkeypatch):
     state = torch.load(tmp_path / "img1" / "checkpoint.pt", weights_only=True)
     assert state["fitter"]["step"] == 4
     assert all(torch.isfinite(t).all() for t in state["fitter"]["triangles"].values())
+    # the stopped scene's checkpoint is the one a fit of it alone writes when it stops at step 4
+    monkeypatch.setattr(L1, "__call__", original)
+    alone = Run(_cfg(images[1], 0, "loss.terms.vgg=null", "checkpoint.every=2", "optim.iterations=4"),
+                tmp_path / "alone").execute()
+    assert alone.metrics["iterations"] == 4
+    single = torch.load(tmp_path / "alone" / "checkpoint.pt", weights_only=True)["fitter"]
+    for section in ("triangles", "balancer"):
+        for key, value in single[section].items():
+            assert torch.allclose(state["fitter"][section][key], value, atol=1e-6), key
+    for index, moments in single["optimizer"]["state"].items():
+        for key, value in moments.items():
+            assert torch.allclose(state["fitter"]["optimizer"]["state"][index][key], value, atol=1e-6), (index, key)
 
 
 def test_a_batch_resumes_from_its_scenes_checkpoints(tmp_path):

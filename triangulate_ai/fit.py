@@ -181,7 +181,7 @@ class Fitter:
             failed[b] = non_finite_message("total", total[b].item(), self.step)
             self._stop({b: failed[b]}, "error")
         active = self.active.to(pred.device)
-        frozen = [p.detach().clone() for p in self._scene_params()]
+        frozen = self._snapshot()
         if bool(active.any()):
             self.optimizer.zero_grad(set_to_none=True)
             torch.where(active, total, torch.zeros_like(total)).sum().backward()
@@ -213,20 +213,31 @@ class Fitter:
         """Every tensor the optimiser steps, each with the scene as its first dimension."""
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
-    def _restore_inactive(self, frozen: list[torch.Tensor]) -> None:
-        """Stopped scenes keep their parameters (Adam's momentum would move them on a zero
-        gradient); a scene whose parameters stopped being finite is stopped and restored too."""
-        current = self._scene_params()
-        finite = torch.stack([torch.isfinite(p.detach()).flatten(1).all(dim=1).cpu() for p in current]).all(dim=0)
+    def _snapshot(self) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
+        """Parameters and their Adam moments before the update, to put stopped scenes back."""
+        return [(p, p.detach().clone(), {k: v.clone() for k, v in self.optimizer.state.get(p, {}).items()
+                                         if torch.is_tensor(v) and v.dim() >= 1})
+                for p in self._scene_params()]
+
+    def _restore_inactive(self, frozen: list[tuple[torch.Tensor, torch.Tensor, dict]]) -> None:
+        """Stopped scenes keep their parameters and Adam moments as at their last good step (Adam
+        would move them on a zero gradient, and a NaN loss can leave NaN in their gradient rows);
+        a scene whose parameters stopped being finite is stopped and put back too."""
+        finite = torch.stack([torch.isfinite(p.detach()).flatten(1).all(dim=1).cpu()
+                              for p, _, _ in frozen]).all(dim=0)
         broken = torch.nonzero(self.active & ~finite).flatten().tolist()
         self._stop({b: f"parameters became non-finite at step {self.step}; those of the last good step kept"
                     for b in broken}, "error")
         keep = ~self.active
-        if bool(keep.any()):
-            with torch.no_grad():
-                for param, before in zip(current, frozen):
-                    rows = keep.to(param.device).view(-1, *[1] * (param.dim() - 1))
-                    param.copy_(torch.where(rows, before, param))
+        if not bool(keep.any()):
+            return
+        with torch.no_grad():
+            for param, before, moments in frozen:
+                rows = keep.to(param.device).view(-1, *[1] * (param.dim() - 1))
+                param.copy_(torch.where(rows, before, param))
+                state = self.optimizer.state.get(param, {})
+                for key, old in moments.items():
+                    state[key].copy_(torch.where(rows, old, state[key]))
 
     def _stop(self, scenes: dict[int, str], reason: str) -> None:
         for b, message in scenes.items():
@@ -290,7 +301,12 @@ class Fitter:
         }
         if scene is None:
             return state
-        return {**take_scene(state, scene), "step": self.steps_done(scene)}
+        done = self.steps_done(scene)
+        one = take_scene(state, scene)
+        for param_state in one["optimizer"]["state"].values():  # Adam stepped it `done` times
+            if "step" in param_state:
+                param_state["step"] = torch.tensor(float(done))
+        return {**one, "step": done}
 
     def load_state_dict(self, state: dict) -> None:
         self.triangles.load_state_dict(state["triangles"])
