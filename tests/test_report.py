@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from triangulate_ai.experiments.report import markdown, random_networks
 
 
@@ -35,3 +37,31 @@ def test_random_loss_networks_are_named_above_the_table():
     rows = [_row("equal", 0, 20.0, 0.3, "loss.terms.vgg.weights;loss.terms.lpips.weights")]
     assert random_networks(rows) == {"metric": [], "terms": ["lpips", "vgg"]}
     assert "loss terms lpips, vgg ran on randomly initialised networks" in markdown(rows, "equal")
+
+
+def test_balance_shares_and_warning_counts_from_the_run_folders(tmp_path):
+    import json
+
+    from triangulate_ai.experiments.report import balance, balance_markdown, plot_weight_trajectories
+
+    rows = []
+    for seed, (wa, la, ga) in enumerate([(1.0, 0.2, 2.0), (1.0, 0.6, 6.0)]):
+        folder = tmp_path / f"gm{seed}"
+        folder.mkdir()
+        records = [{"step": 0, "loss/l1": 0.5, "loss/vgg": 1.0, "weight/l1": 1.0, "weight/vgg": 1.0},
+                   {"step": 10, "loss/l1": la, "loss/vgg": 0.2, "weight/l1": wa, "weight/vgg": 2.0,
+                    "grad_norm/l1": ga, "grad_norm/vgg": 1.0}]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        rows.append(dict(_row("gm", seed, 20.0, 0.3, ""), folder=str(folder),
+                         warnings="term_dominating;flat_collapse" if seed else "term_dominating"))
+    rows.append(dict(_row("gm", 2, 0, 0), status="failed", error="loss term 'vgg' became nan at step 3"))
+    entry = balance(rows)["gm"]
+    # run 0: w.L = 0.2 and 0.4 -> 1/3, 2/3; run 1: 0.6 and 0.4 -> 0.6, 0.4; mean 0.4667 / 0.5333
+    assert [s["l1"] for s in entry["loss"]] == pytest.approx([1 / 3, 0.6])
+    # gradient shares: run 0: 2 vs 2 -> 0.5; run 1: 6 vs 2 -> 0.75
+    assert [s["l1"] for s in entry["grad"]] == pytest.approx([0.5, 0.75])
+    assert entry["warnings"] == {"term_dominating": 2, "flat_collapse": 1} and entry["nan"] == 1
+    text = balance_markdown(rows)
+    assert "| gm | 0.47 | 0.53 | 0.62 | 0.38 | 1 | 2 | 0 | 0 | 0 | 0 | 1 |" in text
+    plot_weight_trajectories(rows, tmp_path / "w.png")
+    assert (tmp_path / "w.png").stat().st_size > 5000

@@ -226,14 +226,114 @@ def contact_sheet(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+WARNING_KINDS = [("flat_collapse", "collapse"), ("term_dominating", "dominance"),
+                 ("weights_oscillating", "oscillation"), ("weight_extreme", "extreme weight"),
+                 ("log_loss_to_minus_infinity", "loss to 0"), ("total_jump", "jump")]
+
+
+def _final(series: dict, prefix: str) -> dict[str, float]:
+    """The last logged value of every `prefix<term>` series (terms only, no '<kind>/<term>')."""
+    return {key[len(prefix):]: values[-1] for key, (_, values) in series.items()
+            if key.startswith(prefix) and "/" not in key[len(prefix):] and values}
+
+
+def balance(rows: list[dict]) -> dict[str, dict]:
+    """Per method, each term's share at the end of the fits, mean over runs: of the weighted loss
+    (w_i L_i / sum_j w_j L_j) and, where gradient norms were logged (log.grad_norm_every), of the
+    effective gradient (w_i ||grad L_i|| / sum_j w_j ||grad L_j||); and warning-sign counts."""
+    out: dict[str, dict] = {}
+    for row in rows:
+        entry = out.setdefault(row["method"], {"loss": [], "grad": [], "warnings": defaultdict(int), "nan": 0})
+        if row["status"] == "failed" and "nan" in (row.get("error") or "").lower():
+            entry["nan"] += 1
+        if row["status"] != "ok":
+            continue
+        for kind in (row.get("warnings") or "").split(";"):
+            if kind:
+                entry["warnings"][kind] += 1
+        if "nan" in (row.get("error") or "").lower():
+            entry["nan"] += 1
+        series = metric_series(Path(row["folder"]))
+        weights, losses, norms = _final(series, "weight/"), _final(series, "loss/"), _final(series, "grad_norm/")
+        terms = [t for t in losses if t in weights]
+        for kind, values in (("loss", losses), ("grad", norms)):
+            parts = {t: abs(weights[t] * values[t]) for t in terms if t in values}
+            total = sum(parts.values())
+            if parts and total > 0 and len(parts) == len(terms):
+                entry[kind].append({t: v / total for t, v in parts.items()})
+    return out
+
+
+def balance_markdown(rows: list[dict]) -> str:
+    """The balance table: shares per term (mean over runs) and warning counts per method."""
+    table = balance(rows)
+    terms = sorted({t for e in table.values() for shares in e["loss"] for t in shares})
+    if not terms:
+        return ""
+    has_grad = any(e["grad"] for e in table.values())
+    head = [f"{t} share of w·L" for t in terms] + ([f"{t} share of w·‖∇L‖" for t in terms] if has_grad else [])
+    kinds = [label for _, label in WARNING_KINDS]
+    lines = ["Balance at the end of the fits (mean over runs): each term's share of the weighted loss"
+             + (" and of the effective gradient (weight x gradient norm on the triangles)" if has_grad else "")
+             + "; warning signs: runs that raised each (NaN: runs stopped by a non-finite loss).", "",
+             "| method | " + " | ".join(head + kinds + ["NaN"]) + " |", "|---|" + "---|" * (len(head) + len(kinds) + 1)]
+    for method, e in table.items():
+        def share(kind: str, term: str) -> str:
+            values = [s[term] for s in e[kind] if term in s]
+            return f"{np.mean(values):.2f}" if values else "–"
+        cells = [share("loss", t) for t in terms] + ([share("grad", t) for t in terms] if has_grad else [])
+        cells += [str(e["warnings"].get(kind, 0)) for kind, _ in WARNING_KINDS] + [str(e["nan"])]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    note = random_terms_note(rows)
+    if note:
+        lines += ["", f"**Note: {note}.**"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_weight_trajectories(rows: list[dict], path: Path) -> None:
+    """One panel per method: each term's effective weight over steps (mean over the method's runs)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    methods = list(dict.fromkeys(r["method"] for r in ok))
+    if not methods:
+        return
+    cols = min(3, len(methods))
+    fig, axes = plt.subplots(-(-len(methods) // cols), cols, figsize=(4.5 * cols, 3.2 * -(-len(methods) // cols)),
+                             squeeze=False)
+    for ax, method in zip(axes.flat, methods):
+        series = [metric_series(Path(r["folder"])) for r in ok if r["method"] == method]
+        terms = sorted({k[len("weight/"):] for s in series for k in s if k.startswith("weight/")
+                        and "/" not in k[len("weight/"):]})
+        for term in terms:
+            curves = [s["weight/" + term] for s in series if "weight/" + term in s]
+            length = min(len(v) for _, v in curves)
+            ax.plot(curves[0][0][:length], np.mean([v[:length] for _, v in curves], axis=0), label=term)
+        ax.set_yscale("log")
+        ax.set_title(method, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("effective weight d total / d L")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(methods):]:
+        ax.axis("off")
+    note = random_terms_note(rows)
+    if note:
+        fig.suptitle(note, color="tab:red", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_report(runs: list[dict], output: Path, baseline: str) -> str:
-    """results.csv, results.md and the plots in `output`; returns the Markdown table."""
+    """results.csv, results.md and the plots in `output`; returns the Markdown text."""
     rows = collect(runs)
     write_csv(rows, output / "results.csv")
     text = markdown(rows, baseline)
+    extra = balance_markdown(rows)
+    if extra:
+        text += "\n" + extra
     (output / "results.md").write_text(text)
     plot_metrics(rows, output / "metrics.png")
     plot_curves(rows, output / "loss_curves.png", "loss/", "loss")
     plot_curves(rows, output / "weights.png", "weight/", "weight")
+    plot_weight_trajectories(rows, output / "weight_trajectories.png")
     contact_sheet(rows, output / "contact_sheet.png")
     return text
