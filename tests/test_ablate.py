@@ -197,3 +197,12 @@ def test_workers_end_when_the_runner_is_killed(tmp_path):
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             pass
+
+
+def test_estimate_times_a_few_steps_and_writes_nothing(tmp_path, capsys):
+    config = _ablation(tmp_path, "local")
+    assert main(["--config", str(config), "--estimate"]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs in 2 tasks" in out and "| equal | 1 |" in out and "| gm | 1 |" in out
+    assert "expected wall time:" in out
+    assert not (tmp_path / "out").exists()

@@ -321,6 +321,59 @@ def execute(runs: list[dict], executor: ExecutorConfig, output: Path) -> list[di
     return busy
 
 
+def estimate(runs: list[dict], executor: ExecutorConfig, steps: int = 3, warmup: int = 2) -> str:
+    """Expected wall time of running `runs`: for each method, its first task is built (in memory,
+    nothing written) and a few steps timed with the threads a worker would get; the evaluations
+    (hard-edged export, PSNR/SSIM/LPIPS every eval.every steps and at the end) are timed once.
+    Tasks then share the workers."""
+    import torch
+
+    from ..api import Job, Run
+
+    tasks = pack(runs, executor.batch_size)
+    cpus = os.cpu_count() or 1
+    workers = max(1, min(executor.workers or cpus, len(tasks)))
+    threads = max(1, cpus // workers)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    lines = [f"estimate: {len(runs)} runs in {len(tasks)} tasks of up to {executor.batch_size}, {workers} worker(s) "
+             f"x {threads} thread(s)", "", "| method | tasks | s/step (task) | steps | evaluations | task time (s) |",
+             "|---|---|---|---|---|---|"]
+    total = 0.0
+    try:
+        for method in dict.fromkeys(run["method"] for run in runs):
+            mine = [t for t in tasks if t[0]["method"] == method]
+            first = mine[0]
+            cfgs = [load_config(r["base"], values=r["sets"], values_source="ablation") for r in first]
+            run = Run.batch([Job(cfg) for cfg in cfgs])
+            for _ in range(warmup):
+                run.fitter.train_step()
+            started = time.perf_counter()
+            for _ in range(steps):
+                run.fitter.train_step()
+            per_step = (time.perf_counter() - started) / steps
+            started = time.perf_counter()
+            for recorder in run.recorders:
+                recorder._evaluate(run.fitter)
+            per_eval = time.perf_counter() - started
+            optim = cfgs[0].optim
+            budget = optim.iterations if optim.iterations is not None else 10**9
+            if optim.time_limit is not None:
+                budget = min(budget, int(optim.time_limit / per_step))
+            evaluations = budget // cfgs[0].eval.every + 2  # the first, the periodic ones, the final
+            task = budget * per_step + evaluations * per_eval
+            total += task * len(mine)
+            lines.append(f"| {method} | {len(mine)} | {per_step:.3f} | {budget} | {evaluations} x {per_eval:.2f} s | "
+                         f"{task:.0f} |")
+    finally:
+        torch.set_num_threads(previous)
+    wall = total / workers
+    lines += ["", f"expected wall time: {wall / 3600:.2f} h ({wall / 60:.0f} min) on this machine, for the runs "
+              "not finished yet; an estimate from a few timed steps (runs stopping early on a target or an error "
+              "take less)"]
+    return "\n".join(lines)
+
+
 def _report(run: dict, result: dict) -> None:
     code = result["exit_code"]
     state = {0: "ok", None: "skipped: another runner is working on it",
@@ -348,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="fit config override for every run (repeatable)")
     parser.add_argument("--report-only", action="store_true", help="only summarise the run folders")
+    parser.add_argument("--estimate", action="store_true",
+                        help="print the expected wall time of the runs still to do (a few timed steps), run nothing")
     return parser
 
 
@@ -410,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{run['method']}/{run['image']}/seed {run['seed']}: {'; '.join(changes[:3])}"
                     f"{' ...' if len(changes) > 3 else ''}. Finished runs are reused only when their config is "
                     "the same; give a new experiment folder with --out (or delete the old runs)")
+        if args.estimate:
+            print(estimate([run for run in runs if status(Path(run["folder"])) != "finished"], cfg.executor))
+            return 0
         output.mkdir(parents=True, exist_ok=True)
         write_atomic(output / "ablation.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
         if not args.report_only:
