@@ -27,6 +27,7 @@
 namespace {
 
 constexpr int kGrads = 10;  // per pair: 3 vertices x (x, y), 3 colour channels, opacity
+constexpr int kLanes = 8;   // pixel loops run in blocks of this many: a tile's pixels are padded to a multiple
 
 // exp(x) for x <= 0, vectorisable (no libm call, no branch): Cody-Waite range reduction, Taylor
 // polynomial, 2^-n from the exponent bits. Arguments are clamped at kLow, where n reaches the bias
@@ -84,7 +85,8 @@ struct Edges {
 
 template <typename T>
 inline void edges(const Tri<T>& tri, T px, T py, Edges<T>& e) {
-  bool inside = true;
+  T lowest = T(0);  // smallest of cross product x area over the edges: >= 0 inside (NaN stays NaN)
+#pragma GCC unroll 3
   for (int k = 0; k < 3; ++k) {
     const T wx = px - tri.ax[k], wy = py - tri.ay[k];
     T t = (wx * tri.ex[k] + wy * tri.ey[k]) / tri.len2[k];
@@ -93,9 +95,10 @@ inline void edges(const Tri<T>& tri, T px, T py, Edges<T>& e) {
     e.dx[k] = wx - t * tri.ex[k];
     e.dy[k] = wy - t * tri.ey[k];
     e.d2[k] = e.dx[k] * e.dx[k] + e.dy[k] * e.dy[k];
-    inside = inside & ((tri.ex[k] * wy - tri.ey[k] * wx) * tri.area >= T(0));
+    const T side = (tri.ex[k] * wy - tri.ey[k] * wx) * tri.area;
+    lowest = k == 0 || side < lowest ? side : lowest;
   }
-  e.sign = inside ? T(1) : T(-1);
+  e.sign = lowest >= T(0) ? T(1) : T(-1);
 }
 
 template <typename T>
@@ -113,13 +116,18 @@ inline T signed_distance(const Tri<T>& tri, T px, T py) {
   return e.sign * std::sqrt(d2 > tiny ? d2 : tiny);
 }
 
-// d(sd)/d(vertex k) for k = 0..2, written to gx, gy. Follows autograd through sdf.py: the minimum
+// d(sd)/d(vertices). Follows autograd through sdf.py: the minimum
 // over edges splits its gradient evenly on exact ties, as torch.minimum does. Where t is not
 // clamped, its own gradient (through the vertices) cancels the component of the offset along the
 // edge, which is zero in exact arithmetic but rounding noise in float; dropping t's gradient and
 // that component together keeps the result exact for pixels on an edge's line (needles).
 template <typename T>
-inline void signed_distance_grad(const Tri<T>& tri, T px, T py, T* gx, T* gy) {
+struct VertexGrad {
+  T x0, y0, x1, y1, x2, y2;
+};
+
+template <typename T>
+inline VertexGrad<T> signed_distance_grad(const Tri<T>& tri, T px, T py) {
   Edges<T> e;
   edges(tri, px, py, e);
   const T m01 = e.d2[1] < e.d2[0] ? e.d2[1] : e.d2[0];
@@ -130,17 +138,18 @@ inline void signed_distance_grad(const Tri<T>& tri, T px, T py, T* gx, T* gy) {
   const T dist = std::sqrt(d2 > tiny ? d2 : tiny);
   const T scale = d2 >= tiny ? -e.sign / dist : T(0);  // d(sd)/d(d2) = sign / (2 dist); d(d2)/d(dx) = 2 dx
   T nx[3], ny[3];  // the offsets, without their component along the edge where t is not clamped
+#pragma GCC unroll 3
   for (int k = 0; k < 3; ++k) {
-    const T along = e.t[k] > T(0) && e.t[k] < T(1) ? (e.dx[k] * tri.ex[k] + e.dy[k] * tri.ey[k]) * tri.il[k] : T(0);
-    nx[k] = e.dx[k] - along * tri.ex[k];
-    ny[k] = e.dy[k] - along * tri.ey[k];
+    const T projected = (e.dx[k] * tri.ex[k] + e.dy[k] * tri.ey[k]) * tri.il[k];
+    const T along = e.t[k] * (T(1) - e.t[k]) > T(0) ? projected : T(0);  // 0 < t < 1, as one test
+    nx[k] = scale * (e.dx[k] - along * tri.ex[k]);
+    ny[k] = scale * (e.dy[k] - along * tri.ey[k]);
   }
-  for (int k = 0; k < 3; ++k) {  // vertex k starts edge k (weight 1 - t) and ends edge k - 1 (weight t)
-    const int j = (k + 2) % 3;
-    const T start = scale * w[k] * (T(1) - e.t[k]), end = scale * w[j] * e.t[j];
-    gx[k] = start * nx[k] + end * nx[j];
-    gy[k] = start * ny[k] + end * ny[j];
-  }
+  // vertex k starts edge k (weight 1 - t) and ends edge k - 1 (weight t)
+  const T s0 = w[0] * (T(1) - e.t[0]), s1 = w[1] * (T(1) - e.t[1]), s2 = w[2] * (T(1) - e.t[2]);
+  const T f0 = w[0] * e.t[0], f1 = w[1] * e.t[1], f2 = w[2] * e.t[2];
+  return {s0 * nx[0] + f2 * nx[2], s0 * ny[0] + f2 * ny[2], s1 * nx[1] + f0 * nx[0],
+          s1 * ny[1] + f0 * ny[0], s2 * nx[2] + f1 * nx[1], s2 * ny[2] + f1 * ny[1]};
 }
 
 template <typename T>
@@ -176,7 +185,7 @@ struct Grid {
   int64_t batch, count, height, width, tile, n_tx, n_ty;
   int64_t per_image() const { return n_tx * n_ty; }
   int64_t tiles() const { return batch * per_image(); }
-  int64_t pixels() const { return tile * tile; }
+  int64_t pixels() const { return (tile * tile + kLanes - 1) / kLanes * kLanes; }  // padded, see kLanes
 };
 
 // Clamp floor(value / tile) to [lo, hi] without overflow (values may be huge or NaN).
@@ -245,10 +254,10 @@ template <typename T>
 void tile_pixels(const Grid& g, int64_t tile_in_image, T* px, T* py, int64_t* index) {
   const int64_t x0 = (tile_in_image % g.n_tx) * g.tile, y0 = (tile_in_image / g.n_tx) * g.tile;
   for (int64_t p = 0; p < g.pixels(); ++p) {
-    const int64_t x = x0 + p % g.tile, y = y0 + p / g.tile;
+    const int64_t x = x0 + p % g.tile, y = y0 + p / g.tile;  // padding pixels fall below the tile
     px[p] = static_cast<T>(x) + T(0.5);
     py[p] = static_cast<T>(y) + T(0.5);
-    index[p] = (x < g.width && y < g.height) ? y * g.width + x : -1;
+    index[p] = (x < g.width && y < g.height && p < g.tile * g.tile) ? y * g.width + x : -1;
   }
 }
 
@@ -306,35 +315,42 @@ __attribute__((noinline)) void accumulate(const Tri<T> tri, int64_t P, T inv_sig
   T* __restrict b1 = st.b1;
   T* __restrict b2 = st.b2;
   T* __restrict below = st.below;
-  T v0x = 0, v0y = 0, v1x = 0, v1y = 0, v2x = 0, v2y = 0, gc0 = 0, gc1 = 0, gc2 = 0, gop = 0;
-#pragma omp simd reduction(+ : v0x, v0y, v1x, v1y, v2x, v2y, gc0, gc1, gc2, gop)
-  for (int64_t p = 0; p < P; ++p) {
-    const T s = cov[p], t_above = above[p], a = tri.op * s;
-    // dL/da = T_above (g . (c - B) + g_alpha T_below): the image is T_above (a c + (1 - a) B) + ...
-    // and the alpha 1 - T_above (1 - a) T_below.
-    const T d_a = t_above * (g0[p] * (tri.c[0] - b0[p]) + g1[p] * (tri.c[1] - b1[p]) +
-                             g2[p] * (tri.c[2] - b2[p]) + ga[p] * below[p]);
-    const T w = t_above * a;
-    gc0 += w * g0[p];
-    gc1 += w * g1[p];
-    gc2 += w * g2[p];
-    gop += d_a * s;
-    T gx[3], gy[3];
-    signed_distance_grad(tri, px[p], py[p], gx, gy);
-    const T d_sd = d_a * tri.op * s * (T(1) - s) * inv_sigma;
-    v0x += d_sd * gx[0];
-    v0y += d_sd * gy[0];
-    v1x += d_sd * gx[1];
-    v1y += d_sd * gy[1];
-    v2x += d_sd * gx[2];
-    v2y += d_sd * gy[2];
-    b0[p] = a * tri.c[0] + (T(1) - a) * b0[p];
-    b1[p] = a * tri.c[1] + (T(1) - a) * b1[p];
-    b2[p] = a * tri.c[2] + (T(1) - a) * b2[p];
-    below[p] *= T(1) - a;
+  // Per-lane partial sums, added in a fixed order at the end (a simd reduction clause would also
+  // do, but GCC does not vectorise this loop with one).
+  T acc[kGrads][kLanes] = {};
+  for (int64_t p0 = 0; p0 < P; p0 += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const int64_t p = p0 + l;
+      const T s = cov[p], t_above = above[p], a = tri.op * s;
+      // dL/da = T_above (g . (c - B) + g_alpha T_below): the image is T_above (a c + (1 - a) B) + ...
+      // and the alpha 1 - T_above (1 - a) T_below.
+      const T d_a = t_above * (g0[p] * (tri.c[0] - b0[p]) + g1[p] * (tri.c[1] - b1[p]) +
+                               g2[p] * (tri.c[2] - b2[p]) + ga[p] * below[p]);
+      const T w = t_above * a;
+      const VertexGrad<T> vg = signed_distance_grad(tri, px[p], py[p]);
+      const T d_sd = d_a * tri.op * s * (T(1) - s) * inv_sigma;
+      acc[0][l] += d_sd * vg.x0;
+      acc[1][l] += d_sd * vg.y0;
+      acc[2][l] += d_sd * vg.x1;
+      acc[3][l] += d_sd * vg.y1;
+      acc[4][l] += d_sd * vg.x2;
+      acc[5][l] += d_sd * vg.y2;
+      acc[6][l] += w * g0[p];
+      acc[7][l] += w * g1[p];
+      acc[8][l] += w * g2[p];
+      acc[9][l] += d_a * s;
+      b0[p] = a * tri.c[0] + (T(1) - a) * b0[p];
+      b1[p] = a * tri.c[1] + (T(1) - a) * b1[p];
+      b2[p] = a * tri.c[2] + (T(1) - a) * b2[p];
+      below[p] *= T(1) - a;
+    }
   }
-  const T vals[kGrads] = {v0x, v0y, v1x, v1y, v2x, v2y, gc0, gc1, gc2, gop};
-  std::copy(vals, vals + kGrads, out);
+  for (int i = 0; i < kGrads; ++i) {
+    T sum = 0;
+    for (int l = 0; l < kLanes; ++l) sum += acc[i][l];
+    out[i] = sum;
+  }
 }
 
 // Per-thread buffers, sized for one tile: pixel state as named rows of one block.
