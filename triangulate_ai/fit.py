@@ -61,7 +61,7 @@ class Fitter:
         self.height, self.width = target.shape[-2:]
         generator = torch.Generator().manual_seed(cfg.seed)
         self.triangles = initial_triangles(cfg.triangles, target.cpu(), background.cpu(), generator).to(target.device)
-        self.renderer = make_renderer(cfg.render)
+        self.renderer = make_renderer(cfg.render, target.device)
         self.terms = build_terms(cfg.loss)
         for name, term in self.terms.items():
             term.prepare(target.device, target.dtype)

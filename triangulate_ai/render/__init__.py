@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
+import torch
+
 from ..config import RenderConfig
+from ..errors import UserError
 from .base import Renderer
 from .reference import ReferenceRenderer
 from .scene import Scene
@@ -10,14 +15,32 @@ from .torch_tiles import TiledRenderer
 
 __all__ = ["Renderer", "ReferenceRenderer", "Scene", "TiledRenderer", "make_renderer"]
 
+_warned: set[str] = set()
 
-def make_renderer(cfg: RenderConfig) -> Renderer:
-    """`auto` is nvdiffrast when CUDA and the package are both present, else the tiled renderer.
-    nvdiffrast is imported only when chosen."""
-    from . import nvdiffrast
 
+def make_renderer(cfg: RenderConfig, device: torch.device | str = "cpu") -> Renderer:
+    """`auto` picks the fastest backend that passes parity on the device: on CPU the fused kernel,
+    or the tiled renderer (one warning line saying why) when the kernel cannot be built or loaded;
+    on CUDA nvdiffrast when the package is present, else the tiled renderer. Optional backends are
+    imported only when chosen."""
+    from . import fused, nvdiffrast
+
+    on_cuda = torch.device(device).type == "cuda"
     if cfg.backend == "reference":
         return ReferenceRenderer(cfg.sigma)
-    if cfg.backend == "nvdiffrast" or (cfg.backend == "auto" and nvdiffrast.available()):
+    if cfg.backend == "nvdiffrast" or (cfg.backend == "auto" and on_cuda and nvdiffrast.available()):
         return nvdiffrast.NvdiffrastRenderer(cfg.max_layers)
+    if cfg.backend == "fused":
+        if on_cuda:
+            raise UserError("render.backend = fused runs on CPU only; use render.backend=torch (or auto) "
+                                  "on CUDA")
+        return fused.FusedRenderer(cfg.sigma, cfg.tile_size, cfg.cutoff)
+    if cfg.backend == "auto" and not on_cuda:
+        reason = fused.unavailable_reason()
+        if reason is None:
+            return fused.FusedRenderer(cfg.sigma, cfg.tile_size, cfg.cutoff)
+        if reason not in _warned:
+            _warned.add(reason)
+            print(f"warning: render.backend=auto: the fused CPU kernel is unavailable ({reason}); "
+                  "using the tiled torch renderer", file=sys.stderr)
     return TiledRenderer(cfg.sigma, cfg.tile_size, cfg.cutoff)

@@ -24,6 +24,15 @@ from .kernels import KernelUnavailable, build_directory, fused_raster
 from .scene import Scene
 
 
+def unavailable_reason() -> str | None:
+    """None when the kernel is built and loads, else why not (one line); builds it on first call."""
+    try:
+        fused_raster()
+    except KernelUnavailable as exc:
+        return str(exc)
+    return None
+
+
 class _FusedRaster(torch.autograd.Function):
     """(vertices in pixels, colours, opacity, background) -> (image, alpha)."""
 
@@ -54,11 +63,10 @@ class FusedRenderer(Renderer):
             raise ValueError(f"cutoff must be in (0, 0.5), got {cutoff}")
         self.tile_size = int(tile_size)
         self.cutoff = float(cutoff)
-        try:
-            fused_raster()
-        except KernelUnavailable as exc:
-            raise UserError(f"render.backend = fused: the C++ kernel could not be built or loaded ({exc}); "
-                            "use render.backend=torch") from None
+        reason = unavailable_reason()
+        if reason is not None:
+            raise UserError(f"render.backend = fused: the C++ kernel could not be built or loaded ({reason}); "
+                            "use render.backend=torch")
 
     def render(self, scene: Scene, height: int, width: int, return_alpha: bool = False):
         if scene.vertices.device.type != "cpu":
@@ -81,10 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.build:
         parser.print_help()
         return 0
-    try:
-        fused_raster()
-    except KernelUnavailable as exc:  # not fatal: render.backend=auto falls back to the tiled renderer
-        print(f"warning: the fused renderer's kernel could not be built ({exc}); "
+    reason = unavailable_reason()
+    if reason is not None:  # not fatal: render.backend=auto falls back to the tiled renderer
+        print(f"warning: the fused renderer's kernel could not be built ({reason}); "
               "render.backend=auto will use the tiled torch renderer", file=sys.stderr)
         return 0
     print(f"fused renderer kernel ready in {build_directory()}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -48,11 +49,12 @@ def build_directory() -> Path:
 
 
 def _one_line(exc: BaseException) -> str:
-    """The line of a build failure that names the cause (the compiler's first error if any)."""
+    """The line of a build failure that names its cause: the compiler's or shell's first complaint,
+    not the echoed command lines around it."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()]
-    text = (errors[1] if len(errors) > 1 else (errors or lines or [type(exc).__name__])[0])
-    return text[:300]
+    said = [line for line in lines if " -o " not in line and not line.startswith(("FAILED:", "ninja:"))]
+    causes = [line for line in said if any(m in line for m in ("error", "not found", "No such file", "fatal"))]
+    return ((causes or said or lines or [type(exc).__name__])[0])[:300]
 
 
 def fused_raster() -> ModuleType:
@@ -66,6 +68,8 @@ def fused_raster() -> ModuleType:
 
 @functools.cache
 def _load() -> ModuleType | KernelUnavailable:
+    # its import-time notice about CUDA_HOME concerns CUDA builds, not this CPU-only kernel
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
 
     if shutil.which("ninja") is None:  # the pip-installed ninja sits beside the venv's python
