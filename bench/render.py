@@ -135,6 +135,10 @@ def measure(backend: str, side: int, count: int, size: float, device: str, repea
     return _in_fresh_process(_measure, backend, side, count, size, device, repeats)
 
 
+def fit_rate(backend: str, steps: int) -> dict:
+    return _in_fresh_process(_fit_rate, backend, steps)
+
+
 def _in_fresh_process(target, *args) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -151,10 +155,10 @@ def _parse_case(case: str, size: float) -> tuple[int, int, float]:
     return int(parts[0]), int(parts[1]), float(parts[2]) if len(parts) > 2 else size
 
 
-def _alternate(backends: list[str], rounds: int, run) -> dict:
-    """Runs each backend once per round, in turn; per backend the fastest round (and each round's
-    figures for the ratios)."""
-    per_round = [{b: run(b) for b in backends} for _ in range(rounds)]
+def _alternate(backends: list[str], rounds: int, run, *args) -> dict:
+    """run(backend, *args) for each backend once per round, in turn; per backend the fastest round
+    (and each round's figures for the ratios)."""
+    per_round = [{b: run(b, *args) for b in backends} for _ in range(rounds)]
     return {"rounds": per_round, "best": {b: _best([r[b] for r in per_round]) for b in backends}}
 
 
@@ -191,7 +195,7 @@ def main() -> None:
     for case in args.cases.split(","):
         side, count, size = _parse_case(case, args.size)
         row = {"image": f"{side}x{side}", "triangles": count, "triangle_size": size}
-        timed = _alternate(fast, args.rounds, lambda b: measure(b, side, count, size, args.device, args.repeats))
+        timed = _alternate(fast, args.rounds, measure, side, count, size, args.device, args.repeats)
         row.update(timed["best"])
         for backend in fast[1:]:
             row[f"{backend}_over_torch"] = {key: _ratio(timed["rounds"], backend, key) for key in row["torch"]}
@@ -206,7 +210,7 @@ def main() -> None:
     out = {"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
            "python": platform.python_version(), "results": rows}
     if args.fit_steps and args.device == "cpu":
-        timed = _alternate(fast, args.rounds, lambda b: _in_fresh_process(_fit_rate, b, args.fit_steps))
+        timed = _alternate(fast, args.rounds, fit_rate, args.fit_steps)
         out["quickstart_fit"] = {"image": "examples/kodim23.png", "config": "configs/quickstart.yaml",
                                  "steps": args.fit_steps, **timed["best"],
                                  "fused_over_torch_rate": _ratio(timed["rounds"], "fused", "iterations_per_s")}

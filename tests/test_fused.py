@@ -18,7 +18,7 @@ from triangulate_ai import render
 from triangulate_ai.config import RenderConfig, load_config
 from triangulate_ai.errors import UserError
 from triangulate_ai.fit import Fitter
-from triangulate_ai.render import ReferenceRenderer, Scene, TiledRenderer, fused, make_renderer
+from triangulate_ai.render import ReferenceRenderer, Scene, fused, make_renderer
 from triangulate_ai.render.fused import FusedRenderer
 
 from .conftest import QUICK, smooth_image
@@ -147,8 +147,8 @@ def test_unbuildable_kernel_falls_back_with_one_warning_or_fails_one_line(monkey
     assert make_renderer(RenderConfig(backend="auto")).name == "torch"
     assert make_renderer(RenderConfig(backend="auto")).name == "torch"
     lines = capsys.readouterr().err.splitlines()
-    assert lines == ["warning: render.backend=auto: the fused CPU kernel is unavailable (g++: command not found); "
-                     "using the tiled torch renderer"]
+    assert lines == [("warning: render.backend=auto: the fused CPU kernel is unavailable (g++: command not found); "
+                      "using the tiled torch renderer")]
     with pytest.raises(UserError, match=r"^render.backend = fused: .*\(g\+\+: command not found\); use render."
                                         r"backend=torch$"):
         make_renderer(RenderConfig(backend="fused"))
