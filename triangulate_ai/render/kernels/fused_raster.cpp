@@ -31,7 +31,8 @@ constexpr int kLanes = 8;   // pixel loops run in blocks of this many: a tile's 
 
 // exp(x) for x <= 0, vectorisable (no libm call, no branch): Cody-Waite range reduction, Taylor
 // polynomial, 2^-n from the exponent bits. Arguments are clamped at kLow, where n reaches the bias
-// and the bits 0 make the result exactly 0 (results that would be subnormal are flushed to 0).
+// and the exponent bits 0 make the result exactly 0 (so from about -87.7 down in float, -708.7 in
+// double, the result is 0 instead of a subnormal).
 template <typename T> struct ExpTraits;
 template <> struct ExpTraits<float> {
   using Int = int32_t;
@@ -249,7 +250,8 @@ std::vector<at::Tensor> bin(const at::Tensor& verts, const Grid& g, double grow)
   return {offsets, ids, first, slot};
 }
 
-// Pixel centres of a tile; `valid` marks those inside the image (border tiles are cut).
+// Pixel centres of a tile and their flat index in the image, -1 for pixels outside it (border
+// tiles are cut) and for the padding.
 template <typename T>
 void tile_pixels(const Grid& g, int64_t tile_in_image, T* px, T* py, int64_t* index) {
   const int64_t x0 = (tile_in_image % g.n_tx) * g.tile, y0 = (tile_in_image / g.n_tx) * g.tile;
