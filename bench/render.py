@@ -3,14 +3,15 @@ fused (CPU) and dense reference renderers; iterations per second of a whole fit;
 each loss term next to the render step.
 
 Prints JSON. Each measurement runs in a fresh process so its peak memory (max RSS on CPU,
-torch's peak allocation on CUDA) is its own. Speed is compared as ratios to the tiled renderer
-measured in the same run: the torch and fused processes alternate for `--rounds` rounds, each
-reports its median over `--repeats` iterations, and the ratio quoted is the median of the
-per-round ratios (times quoted: the fastest round), so a machine whose speed drifts still gives a
-fair comparison. Perceptual networks use random weights (speed does not depend on the values),
-so this runs offline.
+torch's peak allocation on CUDA) is its own. Times are the fastest of `--repeats` iterations
+after a warm-up: on a shared machine the fastest is the least disturbed. Speed is compared as
+ratios to the tiled renderer measured in the same run: the torch and fused processes alternate
+for `--rounds` rounds, and the ratio quoted is the median of the per-round ratios (times quoted:
+the fastest round), so a machine whose speed drifts still gives a fair comparison. `--threads`
+sets the thread count of every measuring process (default: torch's). Perceptual networks use
+random weights (speed does not depend on the values), so this runs offline.
 
-    python bench/render.py [--device cpu|cuda] [--repeats 7] [--rounds 3]
+    python bench/render.py [--device cpu|cuda] [--repeats 10] [--rounds 3] [--threads N]
                            [--cases 128x100,256x500,256x500x0.3,512x2000] [--fit-steps 100]
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
 import statistics
@@ -77,7 +79,7 @@ def _measure(queue, backend: str, side: int, count: int, size: float, device: st
 
 
 def _timed(fn, device: str, repeats: int) -> float:
-    """Median milliseconds of fn() over `repeats` runs after one warm-up run."""
+    """Fastest milliseconds of fn() over `repeats` runs after one warm-up run."""
     times = []
     for i in range(repeats + 1):
         if device == "cuda":
@@ -88,7 +90,7 @@ def _timed(fn, device: str, repeats: int) -> float:
             torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * min(times)
 
 
 def _measure_terms(queue, side: int, count: int, size: float, device: str, repeats: int) -> None:
@@ -180,15 +182,18 @@ def _ratio(per_round: list[dict], backend: str, key: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3, help="alternating torch/fused processes per case")
-    parser.add_argument("--dense-repeats", type=int, default=2)
+    parser.add_argument("--dense-repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="threads per measuring process (0: torch's default)")
     parser.add_argument("--cases", default="128x100,256x500,256x500x0.3,512x2000",
                         help="comma-separated SIDExTRIANGLES[xSIZE] cases (square images)")
     parser.add_argument("--size", type=float, default=0.08, help="default triangle spread, fraction of the side")
     parser.add_argument("--fit-steps", type=int, default=100, help="quickstart fit steps timed (0 skips the fit)")
     parser.add_argument("--terms-case", default="256x500", help="SIDExTRIANGLES for the loss-term costs")
     args = parser.parse_args()
+    if args.threads:  # read by torch when each spawned process imports it
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
     fast = ["torch"] + (["fused"] if args.device == "cpu" else ["nvdiffrast"] if nvdiffrast_available() else [])
     rows = []
@@ -207,7 +212,7 @@ def main() -> None:
             row["reference"] = "skipped: its graph would need more than 12 GB"
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
-    out = {"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    out = {"device": args.device, "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__,
            "python": platform.python_version(), "results": rows}
     if args.fit_steps and args.device == "cpu":
         timed = _alternate(fast, args.rounds, fit_rate, args.fit_steps)
