@@ -3,10 +3,11 @@
 Same model, painter's order and binning margin as the tiled renderer, but the forward keeps no
 per-(pixel, triangle) tensors: the kernel (kernels/fused_raster.cpp, OpenMP over tiles) bins
 triangles to tiles, composites each tile's list and returns the image, the alpha and the bins.
-The backward reuses the bins and recomputes alphas per tile with an exact bottom-up walk (no
-division by 1 - alpha, so opaque triangles are exact), writing each (tile, triangle) gradient to
-its own slot and summing the slots in a fixed order: results do not depend on the thread count.
-CPU tensors only; float32 and float64.
+Only the inputs and the bins are saved, not even the final transmittance: the backward recomputes
+alphas and transmittances per tile, top-down into a per-thread buffer, then walks bottom-up with
+the colour behind each triangle (no division by 1 - alpha, so opaque triangles are exact),
+writing each (tile, triangle) gradient to its own slot and summing the slots in a fixed order:
+results do not depend on the thread count. CPU tensors only; float32 and float64.
 
     python -m triangulate_ai.render.fused --build    # compile into the cache now (make does this)
 """
