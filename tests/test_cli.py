@@ -16,7 +16,9 @@ import yaml
 from PIL import Image
 
 from triangulate_ai.cli import main
+from triangulate_ai.config import RenderConfig
 from triangulate_ai.export import rasterize_svg, svg_from_dict
+from triangulate_ai.render import make_renderer
 
 from .conftest import QUICK
 
@@ -43,7 +45,7 @@ def test_fit_raises_psnr_by_a_real_margin(finished_run):
     assert summary["psnr"] > summary["psnr_flat_mean"] + 3.0
     for key in ["ssim", "psnr_soft", "wall_time_s", "triangles", "seed", "backend", "versions", "device"]:
         assert key in summary
-    assert summary["backend"] == "torch" and summary["triangles"] == 40
+    assert summary["backend"] == make_renderer(RenderConfig()).name and summary["triangles"] == 40
     assert summary["perceptual_weights"] == "random" and summary["lpips_meaningful"] is False
     assert summary["network_weights"] == {"eval.lpips.weights": "random"}
     assert 0 <= summary["lpips"] < summary["lpips_initial"]

@@ -60,7 +60,8 @@ def test_override_can_drop_a_term_only_if_another_remains():
     ("render: {sigma: '0.5'}\n", r"^{f}: render.sigma = '0.5': Input should be a valid number"),
     ("optim: {iterations: 2.5}\n", r"^{f}: optim.iterations = 2.5: Input should be a valid integer"),
     ("render: {backend: cairo}\n",
-     r"^{f}: render.backend = 'cairo': Input should be 'auto', 'torch', 'reference', 'triton' or 'nvdiffrast'$"),
+     r"^{f}: render.backend = 'cairo': Input should be 'auto', 'torch', 'fused', 'reference', 'triton' "
+     r"or 'nvdiffrast'$"),
     ("triangles: {background: [1, 2]}\n", r"^{f}: triangles.background = \[1, 2\]: background must be"),
     ("log: {progress_bar: 1}\n", r"^{f}: log.progress_bar = 1: Input should be a valid boolean"),
     ("optim: {betas: [0.9, 1.5]}\n", r"^{f}: optim.betas = \[0.9, 1.5\]: betas must be two numbers"),

@@ -83,7 +83,7 @@ class TrianglesConfig(Section):
 
 
 class RenderConfig(Section):
-    backend: Literal["auto", "torch", "reference", "triton", "nvdiffrast"] = "auto"
+    backend: Literal["auto", "torch", "fused", "reference", "triton", "nvdiffrast"] = "auto"
     sigma: float = Field(0.3, gt=0)
     tile_size: int = Field(8, ge=1, le=256)
     cutoff: float = Field(1e-6, gt=0, lt=0.5)

@@ -1,0 +1,543 @@
+// Fused soft rasterizer on CPU: tile binning, forward compositing and an analytic backward.
+//
+// Same model as render/reference.py: coverage = sigmoid(sd / sigma), sd the exact signed distance
+// (pixels, positive inside) from the pixel centre to the triangle, alpha = opacity * coverage,
+// composited "over" in painter's order (triangle T-1 on top) over the background.
+//
+// Layout: every triangle is binned to the tiles its bounding box, grown by `grow` pixels, touches
+// (one list per tile and scene, in painter's order, built by a counting sort). The forward walks
+// each tile's list once, per tile a SIMD loop over its pixels, and keeps no per-(pixel, triangle)
+// state. The backward recomputes per tile: a top-down pass stores coverage and the transmittance
+// above each triangle in a thread-local buffer (list length x tile pixels), then a bottom-up pass
+// rebuilds the colour behind each triangle, B_{k+1} = a_k c_k + (1 - a_k) B_k, and uses
+// dC/da_k = T_k (c_k - B_k). No division by (1 - a), so fully opaque triangles are exact.
+// Each (tile, triangle) pair writes its gradient to its own slot; slots are summed per triangle
+// in a fixed order, so results do not depend on the number of threads or their schedule.
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace {
+
+constexpr int kGrads = 10;  // per pair: 3 vertices x (x, y), 3 colour channels, opacity
+constexpr int kLanes = 8;   // pixel loops run in blocks of this many: a tile's pixels are padded to a multiple
+
+// exp(x) for x <= 0, vectorisable (no libm call, no branch): Cody-Waite range reduction, Taylor
+// polynomial, 2^-n from the exponent bits. Arguments are clamped at kLow, where n reaches the bias
+// and the exponent bits 0 make the result exactly 0 (so from about -87.7 down in float, -708.7 in
+// double, the result is 0 instead of a subnormal).
+template <typename T> struct ExpTraits;
+template <> struct ExpTraits<float> {
+  using Int = int32_t;
+  static constexpr float kLow = -88.0f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  static constexpr int kDegree = 7, kMantissa = 23, kBias = 127;
+};
+template <> struct ExpTraits<double> {
+  using Int = int64_t;
+  static constexpr double kLow = -709.0, kLn2Hi = 6.93147180369123816490e-01, kLn2Lo = 1.90821492927058770002e-10;
+  static constexpr int kDegree = 13, kMantissa = 52, kBias = 1023;
+};
+
+template <typename T>
+inline T exp_nonpositive(T x) {
+  using Tr = ExpTraits<T>;
+  const T xc = x < Tr::kLow ? Tr::kLow : x;
+  const typename Tr::Int n = static_cast<typename Tr::Int>(-xc * T(1.4426950408889634) + T(0.5));  // round(-x/ln2)
+  const T nf = static_cast<T>(n);
+  const T r = xc + nf * Tr::kLn2Hi + nf * Tr::kLn2Lo;  // x - (-n) ln2, |r| <= ln2 / 2
+  T p = T(1);
+#pragma GCC unroll 16
+  for (int k = Tr::kDegree; k >= 1; --k) p = T(1) + p * r * (T(1) / T(k));  // Horner form of sum r^k / k!
+  const typename Tr::Int bits = (static_cast<typename Tr::Int>(Tr::kBias) - n) << Tr::kMantissa;
+  return p * __builtin_bit_cast(T, bits);
+}
+
+template <typename T>
+inline T sigmoid(T x) {
+  const T e = exp_nonpositive(x < 0 ? x : -x);
+  const T inv = T(1) / (T(1) + e);
+  return x >= 0 ? inv : e * inv;
+}
+
+// One triangle in pixel units, with what the distance needs precomputed.
+template <typename T>
+struct Tri {
+  T ax[3], ay[3], ex[3], ey[3];  // edge k runs from vertex k to vertex k+1
+  T len2[3], il[3];               // max(|e|^2, 1e-12) and its inverse
+  T area;  // twice the signed area; NaN for a zero-area triangle, which has no inside (NaN fails >= 0)
+  T c[3], op;
+};
+
+// Distance terms of a pixel, computed with the operations of render/sdf.py in the same order
+// (the build turns off fused multiply-add), so the nearest edge is chosen exactly as the reference
+// chooses it, which decides where the gradient of a degenerate triangle goes.
+template <typename T>
+struct Edges {
+  T d2[3], t[3], dx[3], dy[3];  // squared distance to edge k, its closest point's parameter, offset
+  T sign;                       // +1 inside, -1 outside
+};
+
+template <typename T>
+inline void edges(const Tri<T>& tri, T px, T py, Edges<T>& e) {
+  T lowest = T(0);  // smallest of cross product x area over the edges: >= 0 inside (NaN stays NaN)
+#pragma GCC unroll 3
+  for (int k = 0; k < 3; ++k) {
+    const T wx = px - tri.ax[k], wy = py - tri.ay[k];
+    T t = (wx * tri.ex[k] + wy * tri.ey[k]) / tri.len2[k];
+    t = t < T(0) ? T(0) : (t > T(1) ? T(1) : t);
+    e.t[k] = t;
+    e.dx[k] = wx - t * tri.ex[k];
+    e.dy[k] = wy - t * tri.ey[k];
+    e.d2[k] = e.dx[k] * e.dx[k] + e.dy[k] * e.dy[k];
+    const T side = (tri.ex[k] * wy - tri.ey[k] * wx) * tri.area;
+    lowest = k == 0 || side < lowest ? side : lowest;
+  }
+  e.sign = lowest >= T(0) ? T(1) : T(-1);
+}
+
+template <typename T>
+inline T nearest(const Edges<T>& e) {
+  const T m = e.d2[1] < e.d2[0] ? e.d2[1] : e.d2[0];
+  return e.d2[2] < m ? e.d2[2] : m;
+}
+
+// Signed distance from (px, py) to the triangle, positive inside, as render/sdf.py computes it.
+template <typename T>
+inline T signed_distance(const Tri<T>& tri, T px, T py) {
+  Edges<T> e;
+  edges(tri, px, py, e);
+  const T d2 = nearest(e), tiny = T(1e-12);
+  return e.sign * std::sqrt(d2 > tiny ? d2 : tiny);
+}
+
+// d(sd)/d(vertices). Follows autograd through sdf.py: the minimum
+// over edges splits its gradient evenly on exact ties, as torch.minimum does. Where t is not
+// clamped, its own gradient (through the vertices) cancels the component of the offset along the
+// edge, which is zero in exact arithmetic but rounding noise in float; dropping t's gradient and
+// that component together keeps the result exact for pixels on an edge's line (needles).
+template <typename T>
+struct VertexGrad {
+  T x0, y0, x1, y1, x2, y2;
+};
+
+template <typename T>
+inline VertexGrad<T> signed_distance_grad(const Tri<T>& tri, T px, T py) {
+  Edges<T> e;
+  edges(tri, px, py, e);
+  const T m01 = e.d2[1] < e.d2[0] ? e.d2[1] : e.d2[0];
+  const T w0 = e.d2[0] < e.d2[1] ? T(1) : (e.d2[0] == e.d2[1] ? T(0.5) : T(0));
+  const T wm = m01 < e.d2[2] ? T(1) : (m01 == e.d2[2] ? T(0.5) : T(0));
+  const T w[3] = {w0 * wm, (T(1) - w0) * wm, T(1) - wm};
+  const T d2 = e.d2[2] < m01 ? e.d2[2] : m01, tiny = T(1e-12);
+  const T dist = std::sqrt(d2 > tiny ? d2 : tiny);
+  const T scale = d2 >= tiny ? -e.sign / dist : T(0);  // d(sd)/d(d2) = sign / (2 dist); d(d2)/d(dx) = 2 dx
+  T nx[3], ny[3];  // the offsets, without their component along the edge where t is not clamped
+#pragma GCC unroll 3
+  for (int k = 0; k < 3; ++k) {
+    const T projected = (e.dx[k] * tri.ex[k] + e.dy[k] * tri.ey[k]) * tri.il[k];
+    const T along = e.t[k] * (T(1) - e.t[k]) > T(0) ? projected : T(0);  // 0 < t < 1, as one test
+    nx[k] = scale * (e.dx[k] - along * tri.ex[k]);
+    ny[k] = scale * (e.dy[k] - along * tri.ey[k]);
+  }
+  // vertex k starts edge k (weight 1 - t) and ends edge k - 1 (weight t)
+  const T s0 = w[0] * (T(1) - e.t[0]), s1 = w[1] * (T(1) - e.t[1]), s2 = w[2] * (T(1) - e.t[2]);
+  const T f0 = w[0] * e.t[0], f1 = w[1] * e.t[1], f2 = w[2] * e.t[2];
+  return {s0 * nx[0] + f2 * nx[2], s0 * ny[0] + f2 * ny[2], s1 * nx[1] + f0 * nx[0],
+          s1 * ny[1] + f0 * ny[0], s2 * nx[2] + f1 * nx[1], s2 * ny[2] + f1 * ny[1]};
+}
+
+template <typename T>
+std::vector<Tri<T>> prepare(const at::Tensor& verts, const at::Tensor& colors, const at::Tensor& opacity) {
+  const int64_t n = opacity.numel();
+  const T* v = verts.data_ptr<T>();
+  const T* c = colors.data_ptr<T>();
+  const T* o = opacity.data_ptr<T>();
+  std::vector<Tri<T>> tris(n);
+  for (int64_t f = 0; f < n; ++f) {
+    Tri<T>& tri = tris[f];
+    const T* p = v + f * 6;
+    for (int k = 0; k < 3; ++k) {
+      const int j = (k + 1) % 3;
+      tri.ax[k] = p[2 * k];
+      tri.ay[k] = p[2 * k + 1];
+      tri.ex[k] = p[2 * j] - p[2 * k];
+      tri.ey[k] = p[2 * j + 1] - p[2 * k + 1];
+      const T len2 = tri.ex[k] * tri.ex[k] + tri.ey[k] * tri.ey[k];
+      tri.len2[k] = len2 > T(1e-12) ? len2 : T(1e-12);
+      tri.il[k] = T(1) / tri.len2[k];
+      tri.c[k] = c[f * 3 + k];
+    }
+    const T area = (p[2] - p[0]) * (p[5] - p[1]) - (p[3] - p[1]) * (p[4] - p[0]);
+    tri.area = area != T(0) ? area : std::numeric_limits<T>::quiet_NaN();
+    tri.op = o[f];
+  }
+  return tris;
+}
+
+// Tile geometry shared by forward and backward.
+struct Grid {
+  int64_t batch, count, height, width, tile, n_tx, n_ty;
+  int64_t per_image() const { return n_tx * n_ty; }
+  int64_t tiles() const { return batch * per_image(); }
+  int64_t pixels() const { return (tile * tile + kLanes - 1) / kLanes * kLanes; }  // padded, see kLanes
+};
+
+// Clamp floor(value / tile) to [lo, hi] without overflow (values may be huge or NaN).
+inline int64_t tile_index(double value, int64_t tile, int64_t lo, int64_t hi) {
+  const double q = std::floor(value / static_cast<double>(tile));
+  if (!(q > static_cast<double>(lo))) return lo;
+  if (!(q < static_cast<double>(hi))) return hi;
+  return static_cast<int64_t>(q);
+}
+
+// Counting sort of (tile, triangle) pairs by tile, painter's order kept within a tile.
+// offsets: (tiles + 1) start of each tile's list; ids: flat triangle index per pair (tile-major);
+// first: (B*T + 1) start of each triangle's pairs in triangle-major order; slot: tile-major
+// position of each triangle-major pair.
+template <typename T>
+std::vector<at::Tensor> bin(const at::Tensor& verts, const Grid& g, double grow) {
+  const int64_t n = g.batch * g.count;
+  const T* v = verts.data_ptr<T>();
+  std::vector<int64_t> rect(n * 4);  // tx0, tx1, ty0, ty1 (empty when tx0 > tx1 or ty0 > ty1)
+  auto first = at::empty({n + 1}, at::kLong);
+  int64_t* fp = first.data_ptr<int64_t>();
+  fp[0] = 0;
+  for (int64_t f = 0; f < n; ++f) {
+    const T* p = v + f * 6;
+    const double lo_x = std::min({p[0], p[2], p[4]}) - grow - 0.5, hi_x = std::max({p[0], p[2], p[4]}) + grow - 0.5;
+    const double lo_y = std::min({p[1], p[3], p[5]}) - grow - 0.5, hi_y = std::max({p[1], p[3], p[5]}) + grow - 0.5;
+    int64_t* r = &rect[f * 4];
+    r[0] = tile_index(lo_x, g.tile, 0, g.n_tx);
+    r[1] = tile_index(hi_x, g.tile, -1, g.n_tx - 1);
+    r[2] = tile_index(lo_y, g.tile, 0, g.n_ty);
+    r[3] = tile_index(hi_y, g.tile, -1, g.n_ty - 1);
+    const int64_t span = std::max<int64_t>(r[1] - r[0] + 1, 0) * std::max<int64_t>(r[3] - r[2] + 1, 0);
+    fp[f + 1] = fp[f] + span;
+  }
+  const int64_t pairs = fp[n];
+  auto offsets = at::zeros({g.tiles() + 1}, at::kLong);
+  int64_t* op = offsets.data_ptr<int64_t>();
+  for (int64_t f = 0; f < n; ++f) {
+    const int64_t* r = &rect[f * 4];
+    const int64_t base = (f / g.count) * g.per_image();
+    for (int64_t ty = r[2]; ty <= r[3]; ++ty)
+      for (int64_t tx = r[0]; tx <= r[1]; ++tx) ++op[base + ty * g.n_tx + tx + 1];
+  }
+  for (int64_t i = 0; i < g.tiles(); ++i) op[i + 1] += op[i];
+  auto ids = at::empty({pairs}, at::kInt);
+  auto slot = at::empty({pairs}, at::kLong);
+  int32_t* ip = ids.data_ptr<int32_t>();
+  int64_t* sp = slot.data_ptr<int64_t>();
+  std::vector<int64_t> cursor(op, op + g.tiles());
+  int64_t q = 0;
+  for (int64_t f = 0; f < n; ++f) {
+    const int64_t* r = &rect[f * 4];
+    const int64_t base = (f / g.count) * g.per_image();
+    for (int64_t ty = r[2]; ty <= r[3]; ++ty)
+      for (int64_t tx = r[0]; tx <= r[1]; ++tx) {
+        const int64_t k = cursor[base + ty * g.n_tx + tx]++;
+        ip[k] = static_cast<int32_t>(f);
+        sp[q++] = k;
+      }
+  }
+  return {offsets, ids, first, slot};
+}
+
+// Pixel centres of a tile and their flat index in the image, -1 for pixels outside it (border
+// tiles are cut) and for the padding.
+template <typename T>
+void tile_pixels(const Grid& g, int64_t tile_in_image, T* px, T* py, int64_t* index) {
+  const int64_t x0 = (tile_in_image % g.n_tx) * g.tile, y0 = (tile_in_image / g.n_tx) * g.tile;
+  for (int64_t p = 0; p < g.pixels(); ++p) {
+    const int64_t x = x0 + p % g.tile, y = y0 + p / g.tile;  // padding pixels fall below the tile
+    px[p] = static_cast<T>(x) + T(0.5);
+    py[p] = static_cast<T>(y) + T(0.5);
+    index[p] = (x < g.width && y < g.height && p < g.tile * g.tile) ? y * g.width + x : -1;
+  }
+}
+
+// The per-(tile, triangle) loops over a tile's pixels. Kept out of line with restrict pointers and
+// the triangle passed by value, so the compiler can prove nothing aliases and vectorises them.
+
+// Paints one triangle over the tile: colour over what lies below, transmittance times (1 - a).
+template <typename T>
+__attribute__((noinline)) void paint(const Tri<T> tri, int64_t P, T inv_sigma, const T* __restrict px,
+                                     const T* __restrict py, T* __restrict c0, T* __restrict c1,
+                                     T* __restrict c2, T* __restrict tr) {
+#pragma omp simd
+  for (int64_t p = 0; p < P; ++p) {
+    const T a = tri.op * sigmoid(signed_distance(tri, px[p], py[p]) * inv_sigma);
+    c0[p] = a * tri.c[0] + (T(1) - a) * c0[p];
+    c1[p] = a * tri.c[1] + (T(1) - a) * c1[p];
+    c2[p] = a * tri.c[2] + (T(1) - a) * c2[p];
+    tr[p] *= T(1) - a;
+  }
+}
+
+// Backward, top-down: stores the triangle's coverage and the transmittance above it.
+template <typename T>
+__attribute__((noinline)) void record(const Tri<T> tri, int64_t P, T inv_sigma, const T* __restrict px,
+                                      const T* __restrict py, T* __restrict cov, T* __restrict above,
+                                      T* __restrict tr) {
+#pragma omp simd
+  for (int64_t p = 0; p < P; ++p) {
+    const T s = sigmoid(signed_distance(tri, px[p], py[p]) * inv_sigma);
+    cov[p] = s;
+    above[p] = tr[p];
+    tr[p] *= T(1) - tri.op * s;
+  }
+}
+
+// Per-pixel state of the bottom-up backward pass over a tile.
+template <typename T>
+struct Behind {
+  const T *px, *py, *g0, *g1, *g2, *ga;  // pixel centres, dL/d(colour), dL/d(alpha)
+  T *b0, *b1, *b2, *below;               // colour behind the current triangle, transmittance below it
+};
+
+// Backward, bottom-up: the triangle's gradients summed over the tile (written to out[kGrads]),
+// then the colour behind and transmittance below advanced past it.
+template <typename T>
+__attribute__((noinline)) void accumulate(const Tri<T> tri, int64_t P, T inv_sigma, const T* __restrict cov,
+                                          const T* __restrict above, Behind<T> st, T* __restrict out) {
+  const T* __restrict px = st.px;
+  const T* __restrict py = st.py;
+  const T* __restrict g0 = st.g0;
+  const T* __restrict g1 = st.g1;
+  const T* __restrict g2 = st.g2;
+  const T* __restrict ga = st.ga;
+  T* __restrict b0 = st.b0;
+  T* __restrict b1 = st.b1;
+  T* __restrict b2 = st.b2;
+  T* __restrict below = st.below;
+  // Per-lane partial sums, added in a fixed order at the end (a simd reduction clause would also
+  // do, but GCC does not vectorise this loop with one).
+  T acc[kGrads][kLanes] = {};
+  for (int64_t p0 = 0; p0 < P; p0 += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const int64_t p = p0 + l;
+      const T s = cov[p], t_above = above[p], a = tri.op * s;
+      // dL/da = T_above (g . (c - B) + g_alpha T_below): the image is T_above (a c + (1 - a) B) + ...
+      // and the alpha 1 - T_above (1 - a) T_below.
+      const T d_a = t_above * (g0[p] * (tri.c[0] - b0[p]) + g1[p] * (tri.c[1] - b1[p]) +
+                               g2[p] * (tri.c[2] - b2[p]) + ga[p] * below[p]);
+      const T w = t_above * a;
+      const VertexGrad<T> vg = signed_distance_grad(tri, px[p], py[p]);
+      const T d_sd = d_a * tri.op * s * (T(1) - s) * inv_sigma;
+      acc[0][l] += d_sd * vg.x0;
+      acc[1][l] += d_sd * vg.y0;
+      acc[2][l] += d_sd * vg.x1;
+      acc[3][l] += d_sd * vg.y1;
+      acc[4][l] += d_sd * vg.x2;
+      acc[5][l] += d_sd * vg.y2;
+      acc[6][l] += w * g0[p];
+      acc[7][l] += w * g1[p];
+      acc[8][l] += w * g2[p];
+      acc[9][l] += d_a * s;
+      b0[p] = a * tri.c[0] + (T(1) - a) * b0[p];
+      b1[p] = a * tri.c[1] + (T(1) - a) * b1[p];
+      b2[p] = a * tri.c[2] + (T(1) - a) * b2[p];
+      below[p] *= T(1) - a;
+    }
+  }
+  for (int i = 0; i < kGrads; ++i) {
+    T sum = 0;
+    for (int l = 0; l < kLanes; ++l) sum += acc[i][l];
+    out[i] = sum;
+  }
+}
+
+// Per-thread buffers, sized for one tile: pixel state as named rows of one block.
+template <typename T>
+struct Scratch {
+  std::vector<T> rows;
+  std::vector<int64_t> index;
+  int64_t P;
+  Scratch(int64_t rows_count, int64_t pixels) : rows(rows_count * pixels), index(pixels), P(pixels) {}
+  T* row(int i) { return rows.data() + i * P; }
+};
+
+template <typename T>
+void forward_kernel(const Grid& g, const std::vector<Tri<T>>& tris, const int64_t* offsets, const int32_t* ids,
+                    const T* background, T sigma, T* image, T* alpha) {
+  const int64_t P = g.pixels(), HW = g.height * g.width;
+  const T inv_sigma = T(1) / sigma;
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
+    Scratch<T> sc(6, P);
+    T *px = sc.row(0), *py = sc.row(1), *c0 = sc.row(2), *c1 = sc.row(3), *c2 = sc.row(4), *tr = sc.row(5);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t tile = 0; tile < g.tiles(); ++tile) {
+      const int64_t b = tile / g.per_image();
+      tile_pixels(g, tile % g.per_image(), px, py, sc.index.data());
+      const T* bg = background + b * 3;
+      std::fill(c0, c0 + P, bg[0]);
+      std::fill(c1, c1 + P, bg[1]);
+      std::fill(c2, c2 + P, bg[2]);
+      std::fill(tr, tr + P, T(1));
+      for (int64_t k = offsets[tile]; k < offsets[tile + 1]; ++k)  // bottom to top
+        paint(tris[ids[k]], P, inv_sigma, px, py, c0, c1, c2, tr);
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t i = sc.index[p];
+        if (i < 0) continue;
+        T* out = image + b * 3 * HW + i;
+        out[0] = c0[p];
+        out[HW] = c1[p];
+        out[2 * HW] = c2[p];
+        alpha[b * HW + i] = T(1) - tr[p];
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_kernel(const Grid& g, const std::vector<Tri<T>>& tris, const int64_t* offsets, const int32_t* ids,
+                     const T* background, T sigma, const T* grad_image, const T* grad_alpha, T* pair_grads,
+                     T* tile_bg) {
+  const int64_t P = g.pixels(), HW = g.height * g.width;
+  const T inv_sigma = T(1) / sigma;
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
+    Scratch<T> sc(11, P);
+    T *px = sc.row(0), *py = sc.row(1), *g0 = sc.row(2), *g1 = sc.row(3), *g2 = sc.row(4), *ga = sc.row(5);
+    T *tr = sc.row(6);
+    const Behind<T> st{px, py, g0, g1, g2, ga, sc.row(7), sc.row(8), sc.row(9), sc.row(10)};
+    std::vector<T> cov_buf, above_buf;  // (list length, P): coverage and transmittance above
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t tile = 0; tile < g.tiles(); ++tile) {
+      const int64_t b = tile / g.per_image(), start = offsets[tile], len = offsets[tile + 1] - start;
+      tile_pixels(g, tile % g.per_image(), px, py, sc.index.data());
+      for (int64_t p = 0; p < P; ++p) {  // pixels past the image edge get zero gradients
+        const int64_t i = sc.index[p];
+        const bool ok = i >= 0;
+        g0[p] = ok && grad_image ? grad_image[b * 3 * HW + i] : T(0);
+        g1[p] = ok && grad_image ? grad_image[b * 3 * HW + HW + i] : T(0);
+        g2[p] = ok && grad_image ? grad_image[b * 3 * HW + 2 * HW + i] : T(0);
+        ga[p] = ok && grad_alpha ? grad_alpha[b * HW + i] : T(0);
+      }
+      cov_buf.resize(len * P);
+      above_buf.resize(len * P);
+      std::fill(tr, tr + P, T(1));
+      for (int64_t j = len - 1; j >= 0; --j)  // top to bottom
+        record(tris[ids[start + j]], P, inv_sigma, px, py, &cov_buf[j * P], &above_buf[j * P], tr);
+      T gbg0 = 0, gbg1 = 0, gbg2 = 0;
+      for (int64_t p = 0; p < P; ++p) {  // tr is now the final transmittance, dC/d(background)
+        gbg0 += g0[p] * tr[p];
+        gbg1 += g1[p] * tr[p];
+        gbg2 += g2[p] * tr[p];
+      }
+      tile_bg[tile * 3] = gbg0;
+      tile_bg[tile * 3 + 1] = gbg1;
+      tile_bg[tile * 3 + 2] = gbg2;
+      const T* bg = background + b * 3;
+      std::fill(st.b0, st.b0 + P, bg[0]);
+      std::fill(st.b1, st.b1 + P, bg[1]);
+      std::fill(st.b2, st.b2 + P, bg[2]);
+      std::fill(st.below, st.below + P, T(1));
+      for (int64_t j = 0; j < len; ++j)  // bottom to top
+        accumulate(tris[ids[start + j]], P, inv_sigma, &cov_buf[j * P], &above_buf[j * P], st,
+                   pair_grads + (start + j) * kGrads);
+    }
+  }
+}
+
+Grid make_grid(const at::Tensor& verts, int64_t height, int64_t width, int64_t tile) {
+  const int64_t n_tx = (width + tile - 1) / tile, n_ty = (height + tile - 1) / tile;
+  return Grid{verts.size(0), verts.size(1), height, width, tile, n_tx, n_ty};
+}
+
+void check_inputs(const at::Tensor& verts, const at::Tensor& colors, const at::Tensor& opacity,
+                  const at::Tensor& background) {
+  const at::Tensor all[] = {verts, colors, opacity, background};
+  for (const auto& t : all) {
+    TORCH_CHECK(t.device().is_cpu(), "the fused renderer takes CPU tensors");
+    TORCH_CHECK(t.is_contiguous() && t.scalar_type() == verts.scalar_type(), "inputs must be contiguous, one dtype");
+  }
+  const int64_t b = verts.size(0), n = verts.size(1);
+  TORCH_CHECK(verts.dim() == 4 && verts.size(2) == 3 && verts.size(3) == 2, "vertices must be (B, T, 3, 2)");
+  TORCH_CHECK(colors.sizes() == at::IntArrayRef({b, n, 3}), "colors must be (B, T, 3)");
+  TORCH_CHECK(opacity.sizes() == at::IntArrayRef({b, n}), "opacity must be (B, T)");
+  TORCH_CHECK(background.sizes() == at::IntArrayRef({b, 3}), "background must be (B, 3)");
+  TORCH_CHECK(b * n < (int64_t(1) << 31), "too many triangles");
+}
+
+// Returns image (B, 3, H, W), alpha (B, 1, H, W) and the bins the backward reuses.
+std::vector<at::Tensor> forward(const at::Tensor& verts, const at::Tensor& colors, const at::Tensor& opacity,
+                                const at::Tensor& background, int64_t height, int64_t width, double sigma,
+                                int64_t tile, double grow) {
+  check_inputs(verts, colors, opacity, background);
+  const Grid g = make_grid(verts, height, width, tile);
+  auto image = at::empty({g.batch, 3, height, width}, verts.options());
+  auto alpha = at::empty({g.batch, 1, height, width}, verts.options());
+  std::vector<at::Tensor> bins;
+  AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "fused_forward", [&] {
+    bins = bin<scalar_t>(verts, g, grow);
+    const auto tris = prepare<scalar_t>(verts, colors, opacity);
+    forward_kernel<scalar_t>(g, tris, bins[0].data_ptr<int64_t>(), bins[1].data_ptr<int32_t>(),
+                             background.data_ptr<scalar_t>(), static_cast<scalar_t>(sigma),
+                             image.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>());
+  });
+  return {image, alpha, bins[0], bins[1], bins[2], bins[3]};
+}
+
+// Gradients of vertices (B, T, 3, 2), colours, opacity and background from the image and alpha
+// gradients (either may be undefined, meaning zero).
+std::vector<at::Tensor> backward(const at::Tensor& verts, const at::Tensor& colors, const at::Tensor& opacity,
+                                 const at::Tensor& background, const at::Tensor& offsets, const at::Tensor& ids,
+                                 const at::Tensor& first, const at::Tensor& slot,
+                                 const c10::optional<at::Tensor>& grad_image,
+                                 const c10::optional<at::Tensor>& grad_alpha, int64_t height, int64_t width,
+                                 double sigma, int64_t tile) {
+  check_inputs(verts, colors, opacity, background);
+  const Grid g = make_grid(verts, height, width, tile);
+  const int64_t n = g.batch * g.count, pairs = ids.numel();
+  auto g_verts = at::zeros_like(verts), g_colors = at::zeros_like(colors), g_opacity = at::zeros_like(opacity);
+  auto g_background = at::zeros_like(background);
+  AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "fused_backward", [&] {
+    using T = scalar_t;
+    at::Tensor gi, ga;
+    if (grad_image && grad_image->defined()) gi = grad_image->to(verts.scalar_type()).contiguous();
+    if (grad_alpha && grad_alpha->defined()) ga = grad_alpha->to(verts.scalar_type()).contiguous();
+    const auto tris = prepare<T>(verts, colors, opacity);
+    std::vector<T> pair_grads(pairs * kGrads), tile_bg(g.tiles() * 3);
+    backward_kernel<T>(g, tris, offsets.data_ptr<int64_t>(), ids.data_ptr<int32_t>(), background.data_ptr<T>(),
+                       static_cast<T>(sigma), gi.defined() ? gi.data_ptr<T>() : nullptr,
+                       ga.defined() ? ga.data_ptr<T>() : nullptr, pair_grads.data(), tile_bg.data());
+    const int64_t* fp = first.data_ptr<int64_t>();
+    const int64_t* sp = slot.data_ptr<int64_t>();
+    T* gv = g_verts.data_ptr<T>();
+    T* gc = g_colors.data_ptr<T>();
+    T* go = g_opacity.data_ptr<T>();
+    at::parallel_for(0, n, 64, [&](int64_t lo, int64_t hi) {
+      for (int64_t f = lo; f < hi; ++f) {
+        T sum[kGrads] = {};
+        for (int64_t q = fp[f]; q < fp[f + 1]; ++q) {  // this triangle's tiles, in row-major order
+          const T* pg = &pair_grads[sp[q] * kGrads];
+          for (int i = 0; i < kGrads; ++i) sum[i] += pg[i];
+        }
+        std::copy(sum, sum + 6, gv + f * 6);
+        std::copy(sum + 6, sum + 9, gc + f * 3);
+        go[f] = sum[9];
+      }
+    });
+    T* gb = g_background.data_ptr<T>();
+    for (int64_t t = 0; t < g.tiles(); ++t)
+      for (int c = 0; c < 3; ++c) gb[(t / g.per_image()) * 3 + c] += tile_bg[t * 3 + c];
+  });
+  return {g_verts, g_colors, g_opacity, g_background};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "fused soft rasterizer: image, alpha and tile bins");
+  m.def("backward", &backward, "fused soft rasterizer: gradients of vertices, colours, opacity, background");
+}
