@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(TORCH_PAIR)
 	$(PY) -m pip install -e '.[dev]'
-	$(PY) -m triangulate_ai.render.fused --build
+	$(PY) -m triangulate_ai.raster.fused --build
 	touch $(STAMP)
 
 clean:

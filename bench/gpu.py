@@ -32,9 +32,9 @@ import torch  # noqa: E402
 
 from triangulate_ai.cli import prepare_target  # noqa: E402
 from triangulate_ai.config import RenderConfig, load_config  # noqa: E402
-from triangulate_ai.fit import Fitter  # noqa: E402
+from triangulate_ai.loop import Fitter  # noqa: E402
 from triangulate_ai.io import load_image  # noqa: E402
-from triangulate_ai.render import Scene, make_renderer, nvdiffrast, triton  # noqa: E402
+from triangulate_ai.raster import Scene, make_renderer, nvdiffrast, triton  # noqa: E402
 
 BACKENDS = ("triton", "nvdiffrast", "torch")
 DEVICE = "cuda"

@@ -34,12 +34,12 @@ import torch  # noqa: E402
 
 from triangulate_ai.cli import prepare_target  # noqa: E402
 from triangulate_ai.config import LpipsTermConfig, RenderConfig, load_config  # noqa: E402
-from triangulate_ai.fit import Fitter  # noqa: E402
+from triangulate_ai.loop import Fitter  # noqa: E402
 from triangulate_ai.io import load_image  # noqa: E402
 from triangulate_ai.loss import build_terms  # noqa: E402
 from triangulate_ai.loss.perceptual import LPIPSTerm  # noqa: E402
-from triangulate_ai.render import Scene, TiledRenderer, make_renderer  # noqa: E402
-from triangulate_ai.render.nvdiffrast import available as nvdiffrast_available  # noqa: E402
+from triangulate_ai.raster import Scene, TiledRenderer, make_renderer  # noqa: E402
+from triangulate_ai.raster.nvdiffrast import available as nvdiffrast_available  # noqa: E402
 
 DENSE_BYTES_LIMIT = 12e9  # skip the dense renderer where its autograd graph would not fit
 DENSE_BYTES_PER_PIXEL_TRIANGLE = 240  # measured: 7.8 GB at 256x256 with 500 triangles

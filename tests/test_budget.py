@@ -12,10 +12,10 @@ import torch
 from triangulate_ai.cli import main
 from triangulate_ai.config import load_config
 from triangulate_ai.densify import Densifier
-from triangulate_ai.fit import Fitter
+from triangulate_ai.loop import Fitter
 from triangulate_ai.init import PARKED, initial_triangles
 from triangulate_ai.metrics import Evaluator
-from triangulate_ai.render import TiledRenderer
+from triangulate_ai.raster import TiledRenderer
 from triangulate_ai.run import RunRecorder
 from triangulate_ai.schedule import schedule_value
 from triangulate_ai.triangles import TriangleSet

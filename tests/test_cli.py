@@ -18,7 +18,7 @@ from PIL import Image
 from triangulate_ai.cli import main
 from triangulate_ai.config import RenderConfig
 from triangulate_ai.export import rasterize_svg, svg_from_dict
-from triangulate_ai.render import make_renderer
+from triangulate_ai.raster import make_renderer
 
 from .conftest import QUICK
 

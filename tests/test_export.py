@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from triangulate_ai.export import comparison_sheet, gif_bytes, rasterize_svg, scene_to_dict, svg_from_dict
-from triangulate_ai.render import Scene, TiledRenderer
+from triangulate_ai.raster import Scene, TiledRenderer
 
 
 def _scene():

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from triangulate_ai import render
+from triangulate_ai import raster
 from triangulate_ai.config import RenderConfig, load_config
 from triangulate_ai.errors import UserError
-from triangulate_ai.fit import Fitter
-from triangulate_ai.render import ReferenceRenderer, Scene, fused, make_renderer
-from triangulate_ai.render.fused import FusedRenderer
+from triangulate_ai.loop import Fitter
+from triangulate_ai.raster import ReferenceRenderer, Scene, fused, make_renderer
+from triangulate_ai.raster.fused import FusedRenderer
 
 from .conftest import QUICK, smooth_image
 from .test_render import grads, make_scene
@@ -135,7 +135,8 @@ def test_batch_scenes_are_independent():
 
 def test_auto_picks_fused_on_cpu_and_never_on_cuda(monkeypatch):
     assert make_renderer(RenderConfig(backend="auto")).name == "fused"
-    monkeypatch.setattr(render.nvdiffrast, "available", lambda: False)
+    monkeypatch.setattr(raster.nvdiffrast, "available", lambda: False)
+    monkeypatch.setattr(raster.triton, "available", lambda: False)
     assert make_renderer(RenderConfig(backend="auto"), "cuda").name == "torch"
     with pytest.raises(UserError, match="runs on CPU only"):
         make_renderer(RenderConfig(backend="fused"), "cuda")
@@ -143,7 +144,7 @@ def test_auto_picks_fused_on_cpu_and_never_on_cuda(monkeypatch):
 
 def test_unbuildable_kernel_falls_back_with_one_warning_or_fails_one_line(monkeypatch, capsys):
     monkeypatch.setattr(fused, "unavailable_reason", lambda: "g++: command not found")
-    monkeypatch.setattr(render, "_warned", set())
+    monkeypatch.setattr(raster, "_warned", set())
     assert make_renderer(RenderConfig(backend="auto")).name == "torch"
     assert make_renderer(RenderConfig(backend="auto")).name == "torch"
     lines = capsys.readouterr().err.splitlines()
@@ -166,5 +167,5 @@ def test_a_short_fit_matches_the_tiled_renderer():
     for backend in ("torch", "fused"):
         fitter = Fitter(load_config(None, sets + [f"render.backend={backend}"]), target, target.mean(dim=(2, 3)))
         assert fitter.renderer.name == backend
-        losses[backend] = [fitter.train_step().losses["l1"] for _ in range(15)]
+        losses[backend] = [fitter.train_step().losses["l1"][0] for _ in range(15)]
     assert losses["fused"] == pytest.approx(losses["torch"], rel=1e-3)

@@ -13,7 +13,7 @@ from PIL import Image
 from triangulate_ai.cli import main
 from triangulate_ai.config import EdgeConfig, EntropyConfig, MaskRatioConfig, ModifiersConfig, TargetSmoothingConfig
 from triangulate_ai.config import load_config
-from triangulate_ai.fit import Fitter
+from triangulate_ai.loop import Fitter
 from triangulate_ai.loss.modifiers import build_pipeline
 from triangulate_ai.loss.modifiers.edge import EdgeWeight
 from triangulate_ai.loss.modifiers.entropy import EntropyWeight

@@ -11,9 +11,9 @@ import torch
 
 from triangulate_ai.config import RenderConfig, load_config
 from triangulate_ai.errors import UserError
-from triangulate_ai.render import TiledRenderer, make_renderer
-from triangulate_ai.render import nvdiffrast as nv
-from triangulate_ai.render.scene import Scene
+from triangulate_ai.raster import TiledRenderer, make_renderer
+from triangulate_ai.raster import nvdiffrast as nv
+from triangulate_ai.raster.scene import Scene
 
 needs_cuda = pytest.mark.skipif(not nv.available(), reason="needs CUDA and the nvdiffrast package")
 
@@ -76,8 +76,8 @@ def _scene(count=40, opaque=False, seed=0):
 
 def _away_from_edges(scene: Scene, height: int, width: int, margin: float = 1.5) -> np.ndarray:
     """Pixels whose centre is more than `margin` px from every triangle edge."""
-    from triangulate_ai.render.base import pixel_centres
-    from triangulate_ai.render.sdf import signed_distance
+    from triangulate_ai.raster.base import pixel_centres
+    from triangulate_ai.raster.sdf import signed_distance
 
     px, py = pixel_centres(height, width, scene.vertices.device, torch.float32)
     verts = scene.to_pixels(height, width)[0]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from triangulate_ai.render import ReferenceRenderer, Scene, TiledRenderer
+from triangulate_ai.raster import ReferenceRenderer, Scene, TiledRenderer
 
 
 def make_scene(batch=2, count=25, seed=0, dtype=torch.float64, spread=0.35, plant=True):

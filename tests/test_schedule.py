@@ -13,7 +13,7 @@ import torch
 from triangulate_ai.cli import main
 from triangulate_ai.config import RegularizerConfig, ScheduleConfig, load_config
 from triangulate_ai.errors import UserError
-from triangulate_ai.fit import Fitter
+from triangulate_ai.loop import Fitter
 from triangulate_ai.metrics import Evaluator
 from triangulate_ai.regularizer import TriangleRegularizer
 from triangulate_ai.run import RunRecorder

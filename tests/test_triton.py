@@ -14,8 +14,8 @@ import torch
 
 from triangulate_ai.config import RenderConfig
 from triangulate_ai.errors import UserError
-from triangulate_ai.render import ReferenceRenderer, Scene, make_renderer, nvdiffrast
-from triangulate_ai.render import triton as triton_backend
+from triangulate_ai.raster import ReferenceRenderer, Scene, make_renderer, nvdiffrast
+from triangulate_ai.raster import triton as triton_backend
 
 from .test_render import grads
 
@@ -33,7 +33,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def kernels():
     """The kernel module: compiled for CUDA, or interpreted on CPU (conftest.py sets
     TRITON_INTERPRET before triton is first imported)."""
-    module = importlib.import_module("triangulate_ai.render.kernels.triton_raster")
+    module = importlib.import_module("triangulate_ai.raster.kernels.triton_raster")
     if DEVICE == "cpu" and not module.INTERPRETED:
         pytest.fail("TRITON_INTERPRET=1 must be set before triton is first imported (tests/conftest.py does)")
     return module
@@ -158,7 +158,7 @@ def test_cpu_tensors_without_the_interpreter_are_one_clear_error(kernels, monkey
 
 def test_auto_picks_triton_for_cuda_and_keeps_the_others_selectable(kernels, monkeypatch):
     assert make_renderer(RenderConfig(backend="auto"), "cuda").name == "triton"
-    assert make_renderer(RenderConfig(backend="auto"), "cpu").name == "torch"
+    assert make_renderer(RenderConfig(backend="auto"), "cpu").name == "fused"
     assert make_renderer(RenderConfig(backend="triton"), "cpu").name == "triton"
     monkeypatch.setattr(triton_backend, "available", lambda: False)
     monkeypatch.setattr(nvdiffrast, "available", lambda: False)
@@ -167,7 +167,7 @@ def test_auto_picks_triton_for_cuda_and_keeps_the_others_selectable(kernels, mon
 
 def test_missing_triton_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` fail
-    monkeypatch.delitem(sys.modules, "triangulate_ai.render.kernels.triton_raster", raising=False)
+    monkeypatch.delitem(sys.modules, "triangulate_ai.raster.kernels.triton_raster", raising=False)
     with pytest.raises(UserError, match="render.backend = triton needs the triton package"):
         make_renderer(RenderConfig(backend="triton"), "cuda")
 
@@ -176,7 +176,7 @@ COMPILE = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from triangulate_ai.render.kernels import triton_raster as k
+from triangulate_ai.raster.kernels import triton_raster as k
 
 assert not k.INTERPRETED
 index = {"pair_tri_ptr", "tile_start_ptr", "ckpt_start_ptr"}

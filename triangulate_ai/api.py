@@ -24,12 +24,12 @@ from PIL import Image
 from .config import Config, RenderConfig, load_config
 from .errors import UserError
 from .export import scene_to_dict, svg_from_dict
-from .fit import Fitter, Observer, resolve_device
+from .loop import Fitter, Observer, resolve_device
 from .init import resolve_background
 from .io import TargetImage, image_from_array, load_image, save_png, write_atomic, write_json
 from .memory import check_memory
 from .metrics import Evaluator
-from .render import Scene, make_renderer
+from .raster import Scene, make_renderer
 from .run import CHECKPOINT, RunRecorder, load_scene_states, read_checkpoint
 from .triangles import TriangleSet
 

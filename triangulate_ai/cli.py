@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .api import FitFailed, Job, Run, budget_values, check_folder, random_network_warnings
 from .config import Config, load_config
 from .errors import UserError, program_name
-from .fit import Fitter
+from .loop import Fitter
 from .io import TargetImage, load_image, write_atomic
 from .progress import ProgressBar
 from .run import CHECKPOINT

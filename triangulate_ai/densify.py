@@ -18,8 +18,8 @@ import torch
 
 from .config import Config
 from .init import PARKED, sample_colors
-from .render import Scene
-from .render.base import Renderer
+from .raster import Scene
+from .raster.base import Renderer
 from .triangles import TriangleSet, _logit
 
 PER_TRIANGLE = ("positions", "color_logits", "opacity_logits")  # parameters with a triangle axis (dim 1)

@@ -14,7 +14,7 @@ import resvg_py
 from matplotlib import colormaps
 from PIL import Image
 
-from .render.scene import Scene
+from .raster.scene import Scene
 
 JSON_FORMAT = "triangulate_ai.triangles"
 JSON_VERSION = 1

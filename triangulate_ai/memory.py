@@ -10,8 +10,8 @@ import torch
 
 from .config import Config
 from .errors import UserError
-from .render import make_renderer
-from .render.base import Renderer, support_radius
+from .raster import make_renderer
+from .raster.base import Renderer, support_radius
 
 # Per triangle outside the renderer: 10 parameters as value, gradient and two Adam moments
 # (float32), the detached copies a step logs, and the Python objects of a JSON/SVG export

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tqdm import tqdm
 
 from .config import Config
-from .fit import Fitter, StepResult
+from .loop import Fitter, StepResult
 from .metrics import psnr_torch
 
 

@@ -24,7 +24,7 @@ from . import __version__
 from .export import comparison_sheet, gif_bytes, rasterize_svg, scene_to_dict, svg_from_dict
 from .config import Config
 from .errors import UserError
-from .fit import Fitter, StepResult
+from .loop import Fitter, StepResult
 from .io import save_png, to_uint8, write_atomic, write_json
 from .metrics import Evaluator, flat_mean_psnr, psnr_torch
 from .monitor import TensorBoardSink, WarningMonitor

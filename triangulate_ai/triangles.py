@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .render.scene import Scene
+from .raster.scene import Scene
 
 _EDGE = 1e-4  # probabilities are clamped this far from 0 and 1 before taking logits
 

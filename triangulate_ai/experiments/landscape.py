@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..fit import Fitter
+from ..loop import Fitter
 from ..run import load_fitter_state, metric_series, read_checkpoint
 
 # ---------------------------------------------------------------- analytic (two losses) ----
@@ -123,7 +123,7 @@ def load_fitter(config: Path, image: Path | None = None, overrides: tuple[str, .
     """A Fitter from a config (and image), with a checkpoint's parameters if given."""
     from ..api import prepare_target
     from ..config import load_config
-    from ..fit import resolve_device
+    from ..loop import resolve_device
     from ..io import load_image
 
     values = {"image.path": str(image)} if image else {}

@@ -22,7 +22,7 @@ from .loss.balance import BalanceContext, build_balancer
 from .loss.balance.base import grad_norm
 from .loss.modifiers import build_pipeline
 from .regularizer import TriangleRegularizer
-from .render import make_renderer
+from .raster import make_renderer
 from .schedule import Schedules
 
 

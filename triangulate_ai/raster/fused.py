@@ -9,7 +9,7 @@ the colour behind each triangle (no division by 1 - alpha, so opaque triangles a
 writing each (tile, triangle) gradient to its own slot and summing the slots in a fixed order:
 results do not depend on the thread count. CPU tensors only; float32 and float64.
 
-    python -m triangulate_ai.render.fused --build    # compile into the cache now (make does this)
+    python -m triangulate_ai.raster.fused --build    # compile into the cache now (make does this)
 """
 
 from __future__ import annotations
@@ -68,6 +68,11 @@ class FusedRenderer(Renderer):
         if reason is not None:
             raise UserError(f"render.backend = fused: the C++ kernel could not be built or loaded ({reason}); "
                             "use render.backend=torch")
+
+    def step_bytes(self, count, batch, height, width, tiles_per_triangle):
+        """Per (tile, triangle) pair its list entry and gradient slot; per pixel the image, the
+        alpha and their gradients (float32); no per-(pixel, triangle) memory at all."""
+        return count * tiles_per_triangle * (12 * 4 + 8) + batch * height * width * 8 * 4
 
     def render(self, scene: Scene, height: int, width: int, return_alpha: bool = False):
         if scene.vertices.device.type != "cpu":

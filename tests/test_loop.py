@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from triangulate_ai.config import load_config
-from triangulate_ai.fit import Fitter
+from triangulate_ai.loop import Fitter
 from triangulate_ai.loss.balance import BalanceContext, FixedBalancer
 from triangulate_ai.metrics import Evaluator
 from triangulate_ai.run import CHECKPOINT, METRICS, RunRecorder

@@ -1,6 +1,6 @@
 """Triton kernels of the soft triangle rasterizer: one program per (scene, tile).
 
-Imported only by render/triton.py. Whether `triton.jit` builds GPU kernels or interpreter
+Imported only by raster/triton.py. Whether `triton.jit` builds GPU kernels or interpreter
 functions is decided when this module is imported, from TRITON_INTERPRET, so the variable has
 to be set before the first import (INTERPRETED records which it was).
 
