@@ -8,6 +8,7 @@ of all of them (also written to <out>/summary.md)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -18,14 +19,13 @@ from .api import FitFailed, Job, Run, budget_values, check_folder, random_networ
 from .config import Config, load_config
 from .errors import UserError, program_name
 from .loop import Fitter
-from .io import TargetImage, load_image, write_atomic
+from .io import TargetImage, expand_images, load_image, write_atomic
 from .progress import ProgressBar
 from .run import CHECKPOINT
 from .stop import StopRequest
 
 EXIT_INTERRUPTED = 130
 DEFAULT_BATCH = 8  # scenes per launch; see the README's batching figures
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target-psnr", type=float, metavar="DB",
                         help="stop once the hard-edged export reaches this PSNR (optim.target_psnr), checked "
                              "every eval.every steps")
+    parser.add_argument("--init-from-model", type=Path, metavar="CKPT",
+                        help="start from a trained model's prediction for each image (a triangulate-train-model "
+                             "checkpoint.pt or its folder; sets triangles.init=model, triangles.model=CKPT)")
     parser.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder instead of "
                         "choosing a new name")
@@ -66,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.init_from_model is not None:
+        if args.resume is not None:
+            raise UserError("--init-from-model starts a fit; a resumed run goes on from its checkpoint")
+        args.overrides = [*args.overrides, "triangles.init=model",
+                          f"triangles.model={json.dumps(str(args.init_from_model))}"]  # quoted: any path is a string
     images = expand_images(args.image) if args.image else None
     if args.resume is None and ((images and len(images) > 1) or (args.seeds and len(args.seeds) > 1)):
         return _train_many(args, images)
@@ -119,7 +127,9 @@ def banner(cfg: Config, image: TargetImage, fitter: Fitter, device: torch.device
         ("image", f"{image.path} ({width}x{height}" + (f", from {image.original_size[0]}x{image.original_size[1]}"
                                                        if image.original_size != image.size else "")
          + (", alpha used as mask" if image.alpha is not None else "") + ")"),
-        ("triangles", f"{cfg.triangles.count}, init {cfg.triangles.init}, background {cfg.triangles.background}"),
+        ("triangles", f"{cfg.triangles.count}, init {cfg.triangles.init}"
+                      + (f" ({cfg.triangles.model})" if cfg.triangles.model else "")
+                      + f", background {cfg.triangles.background}"),
         ("renderer", f"{fitter.renderer.name}, sigma {cfg.render.sigma} px, on {device}"),
         ("loss terms", terms),
         ("balancer", f"{cfg.loss.type} ({options})"),
@@ -165,28 +175,6 @@ def final_table(summary: dict) -> str:
                  f"{summary['stopped_by']}), "
                  f"{len(summary['warnings'])} warning(s); summary.json has them all")
     return "\n".join(lines)
-
-
-def expand_images(items: list[str]) -> list[Path]:
-    """Files as given, folders as the images they hold (sorted), glob patterns as their matches;
-    an empty folder or a pattern matching nothing is an error."""
-    found: list[Path] = []
-    for item in items:
-        path = Path(item)
-        if any(ch in item for ch in "*?["):
-            matches = sorted(p for p in Path().glob(item) if p.is_file()) if not path.is_absolute() else \
-                sorted(p for p in Path(path.anchor).glob(str(path.relative_to(path.anchor))) if p.is_file())
-            if not matches:
-                raise UserError(f"--image {item}: the pattern matches no file")
-            found += matches
-        elif path.is_dir():
-            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not inside:
-                raise UserError(f"--image {item}: the folder holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            found += inside
-        else:
-            found.append(path)
-    return list(dict.fromkeys(found))
 
 
 def _train_many(args: argparse.Namespace, images: list[Path] | None) -> int:

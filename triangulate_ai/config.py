@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -65,7 +65,8 @@ class ProgressiveConfig(Section):
 
 class TrianglesConfig(Section):
     count: int = Field(200, ge=1)
-    init: Literal["random", "grid", "structure", "progressive"] = "random"
+    init: Literal["random", "grid", "structure", "progressive", "model"] = "random"
+    model: Optional[str] = None  # init: model: a checkpoint of triangulate-train-model predicting the start
     size: float = Field(0.12, gt=0, le=2)
     colors: Literal["target", "random"] = "target"
     opacity: float = Field(0.7, gt=0, lt=1)
@@ -80,6 +81,12 @@ class TrianglesConfig(Section):
         if isinstance(bg, list) and (len(bg) != 3 or not all(0 <= c <= 1 for c in bg)):
             raise ValueError("background must be white, black, mean or [r, g, b] with values in [0, 1]")
         return bg
+
+    @model_validator(mode="after")
+    def _model_path(self) -> "TrianglesConfig":
+        if (self.init == "model") != (self.model is not None):
+            raise ValueError("init: model needs model: PATH (a model checkpoint), and model: PATH needs init: model")
+        return self
 
 
 class RenderConfig(Section):
@@ -403,6 +410,8 @@ class CheckpointConfig(Section):
 
 
 class Config(Section):
+    REFUSED: ClassVar[dict[str, str]] = {}  # dotted keys a subclass refuses when given, with why
+
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     image: ImageConfig = ImageConfig()
@@ -438,9 +447,11 @@ class Config(Section):
 
 
 def load_config(path: str | Path | Config | None = None, overrides: list[str] | tuple[str, ...] = (),
-                values: dict[str, Any] | None = None, values_source: str = "command line") -> Config:
+                values: dict[str, Any] | None = None, values_source: str = "command line",
+                schema: type[Config] = Config) -> Config:
     """Defaults <- YAML file (with its `extends` chain) or a Config <- `--set key=value` overrides
-    <- `values` (dotted keys set by other command-line options, such as --image)."""
+    <- `values` (dotted keys set by other command-line options, such as --image). `schema` is the
+    Config class to validate against (a subclass adds sections, e.g. the model training's)."""
     if isinstance(path, Config):
         layers = [(path.dump(), "<Config object>")]
     else:
@@ -451,10 +462,13 @@ def load_config(path: str | Path | Config | None = None, overrides: list[str] | 
     sources: dict[str, str] = {}
     for data, source in layers:
         _merge(merged, sources, data, source)
+    for dotted, why in schema.REFUSED.items():
+        if _lookup(merged, tuple(dotted.split("."))) is not None:
+            raise UserError(f"{_source_of(dotted.split('.'), sources)}: '{dotted}' {why}")
     try:
-        return Config.model_validate(merged)
+        return schema.model_validate(merged)
     except ValidationError as exc:
-        raise UserError(_explain(exc, merged, sources)) from None
+        raise UserError(_explain(exc, merged, sources, schema)) from None
 
 
 def _read_chain(path: Path, seen: tuple[Path, ...]) -> list[tuple[dict, str]]:
@@ -516,7 +530,7 @@ def _nest(dotted: str, value: Any) -> dict:
     return out
 
 
-def _explain(exc: ValidationError, data: dict, sources: dict[str, str]) -> str:
+def _explain(exc: ValidationError, data: dict, sources: dict[str, str], schema: type[Config] = Config) -> str:
     """One line for the first problem: file, key, value, and what is wrong."""
     err = exc.errors()[0]
     path = [p for p in err["loc"] if not _is_union_tag(p)]
@@ -524,7 +538,7 @@ def _explain(exc: ValidationError, data: dict, sources: dict[str, str]) -> str:
     key = ".".join(loc) or "<top level>"
     source = _source_of(loc, sources)
     if err["type"] == "extra_forbidden":
-        known = _known_keys(loc[:-1])
+        known = _known_keys(loc[:-1], schema)
         hint = difflib.get_close_matches(loc[-1], known, n=1)
         suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; known keys: {', '.join(known)}"
         return f"{source}: unknown key '{key}'{suggestion}"
@@ -547,8 +561,8 @@ def _source_of(loc: list[str], sources: dict[str, str]) -> str:
     return deeper[0] if deeper else DEFAULTS
 
 
-def _known_keys(loc: list[str]) -> list[str]:
-    model: Any = Config
+def _known_keys(loc: list[str], schema: type[Config] = Config) -> list[str]:
+    model: Any = schema
     for part in loc:
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:

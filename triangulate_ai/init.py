@@ -32,6 +32,10 @@ def initial_triangles(cfg: TrianglesConfig, target: torch.Tensor, background: to
     """TriangleSet for targets (B, 3, H, W), deterministic for a given generator state."""
     batch, _, height, width = target.shape
     count = cfg.count
+    if cfg.init == "model":  # imported here: the model package needs the renderer and loss packages
+        from .model.predict import predicted_triangles
+
+        return predicted_triangles(cfg, target, background)
     if cfg.init == "random":
         vertices = _random_vertices(batch, count, cfg.size, height, width, generator)
     elif cfg.init == "grid":

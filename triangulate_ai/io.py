@@ -158,3 +158,28 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def save_png(path: str | Path, image: np.ndarray) -> None:
     write_atomic(path, png_bytes(image))
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def expand_images(items: list[str], option: str = "--image") -> list[Path]:
+    """Files as given, folders as the images they hold (sorted), glob patterns as their matches;
+    an empty folder or a pattern matching nothing is an error naming `option`."""
+    found: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if any(ch in item for ch in "*?["):
+            matches = sorted(p for p in Path().glob(item) if p.is_file()) if not path.is_absolute() else \
+                sorted(p for p in Path(path.anchor).glob(str(path.relative_to(path.anchor))) if p.is_file())
+            if not matches:
+                raise UserError(f"{option} {item}: the pattern matches no file")
+            found += matches
+        elif path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise UserError(f"{option} {item}: the folder holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            found += inside
+        else:
+            found.append(path)
+    return list(dict.fromkeys(found))

@@ -81,7 +81,7 @@ class Fitter:
         self.terms = build_terms(cfg.loss)
         for name, term in self.terms.items():
             term.prepare(target.device, target.dtype)
-            _check_term(name, term, target, mask)
+            check_term(name, term, target, mask)
         self.balancer = build_balancer(cfg.loss, self.batch).to(target.device)
         groups = self.triangles.param_groups(cfg.optim.lr.model_dump())
         balancer_params = self.balancer.loop_parameters()
@@ -130,26 +130,13 @@ class Fitter:
         """How a scheduled config path reaches the live object that uses it."""
         parts = path.split(".")
         groups = {group["name"]: group for group in self.optimizer.param_groups}
-        if path == "render.sigma":
-            return lambda v: setattr(self.renderer, "sigma", v)
         if parts[:2] == ["optim", "lr"] and len(parts) == 3 and parts[2] in groups:
             return lambda v: groups[parts[2]].__setitem__("lr", v)
-        if len(parts) == 2 and parts[0] == "loss" and parts[1] in BALANCER_OPTIONS[self.cfg.loss.type]:
-            return lambda v: setattr(self.balancer, parts[1], v)
-        term_weights = getattr(self.balancer, "term_weights", None)
-        if len(parts) == 4 and parts[:2] == ["loss", "terms"] and parts[3] == "weight" and term_weights \
-                and parts[2] in term_weights:
-            return lambda v: term_weights.__setitem__(parts[2], v)
-        if len(parts) == 2 and parts[0] == "regularizer" and parts[1] in RegularizerConfig.model_fields:
-            return lambda v: setattr(self.regularizer, parts[1], v)
-        modifier = next((m for m in self.modifiers.modifiers if len(parts) == 3 and parts[:2] == ["modifiers", m.key]
-                         and isinstance(getattr(m, parts[2], None), float)), None)
-        if modifier is not None:
-            return lambda v: setattr(modifier, parts[2], v)
-        raise UserError(f"schedules: '{path}' cannot be scheduled; schedulable: render.sigma, "
-                        f"optim.lr.<{'|'.join(groups)}>, loss.<option of loss.type {self.cfg.loss.type}>, "
-                        "loss.terms.<term>.weight (fixed, dynamic), regularizer.<weight|min_area|min_quality|margin>, "
-                        "modifiers.target_smoothing.sigma, modifiers.edge.strength (when enabled)")
+        setter = part_setter(path, self.cfg, self.renderer, self.balancer, self.regularizer, self.modifiers)
+        if setter is None:
+            raise UserError(f"schedules: '{path}' cannot be scheduled; schedulable: optim.lr.<{'|'.join(groups)}>, "
+                            f"{SCHEDULABLE_PARTS.format(loss_type=self.cfg.loss.type)}")
+        return setter
 
     def render(self) -> torch.Tensor:
         return self.renderer(self.triangles.scene(), self.height, self.width)
@@ -257,14 +244,7 @@ class Fitter:
         self._stop({scene: reason}, reason)
 
     def compute_losses(self, pred: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every term on this render; through the modifier pipeline when one is on (terms with a
-        per-pixel map get it modified, all terms see the modified target)."""
-        if not self.modifiers.active:
-            return {name: term(pred, self.target, self.mask) for name, term in self.terms.items()}
-        target = self.modifiers.prepare_target(self.target, self.step)
-        return {name: self.modifiers.reduce(term.per_pixel(pred, target), pred, target, self.mask)
-                if hasattr(term, "per_pixel") else term(pred, target, self.mask)
-                for name, term in self.terms.items()}
+        return term_losses(self.terms, self.modifiers, pred, self.target, self.mask, self.step)
 
     def _grad_norms(self, losses: dict[str, torch.Tensor]) -> dict[str, list[float]]:
         """Per scene ||d L_i / d W|| over its shared parameters, one backward pass per term."""
@@ -324,6 +304,46 @@ class Fitter:
         self.load_state_dict(join_scenes(states))
 
 
+SCHEDULABLE_PARTS = ("render.sigma, loss.<option of loss.type {loss_type}>, loss.terms.<term>.weight (fixed, dynamic), "
+                     "regularizer.<weight|min_area|min_quality|margin>, modifiers.target_smoothing.sigma, "
+                     "modifiers.edge.strength (when enabled)")
+
+
+def part_setter(path: str, cfg: Config, renderer, balancer, regularizer: TriangleRegularizer,
+                modifiers) -> Callable[[float], None] | None:
+    """How a scheduled path reaches the render, balancer, regulariser or a modifier: the parts a
+    per-image fit and a model's training share (each adds its own learning rates). None when the
+    path is none of them."""
+    parts = path.split(".")
+    if path == "render.sigma":
+        return lambda v: setattr(renderer, "sigma", v)
+    if len(parts) == 2 and parts[0] == "loss" and parts[1] in BALANCER_OPTIONS[cfg.loss.type]:
+        return lambda v: setattr(balancer, parts[1], v)
+    term_weights = getattr(balancer, "term_weights", None)
+    if len(parts) == 4 and parts[:2] == ["loss", "terms"] and parts[3] == "weight" and term_weights \
+            and parts[2] in term_weights:
+        return lambda v: term_weights.__setitem__(parts[2], v)
+    if len(parts) == 2 and parts[0] == "regularizer" and parts[1] in RegularizerConfig.model_fields:
+        return lambda v: setattr(regularizer, parts[1], v)
+    modifier = next((m for m in modifiers.modifiers if len(parts) == 3 and parts[:2] == ["modifiers", m.key]
+                     and isinstance(getattr(m, parts[2], None), float)), None)
+    if modifier is not None:
+        return lambda v: setattr(modifier, parts[2], v)
+    return None
+
+
+def term_losses(terms: dict, modifiers, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
+                step: int) -> dict[str, torch.Tensor]:
+    """Every term on a render, (B,) each; through the modifier pipeline when one is on (terms with
+    a per-pixel map get it modified, all terms see the modified target)."""
+    if not modifiers.active:
+        return {name: term(pred, target, mask) for name, term in terms.items()}
+    target = modifiers.prepare_target(target, step)
+    return {name: modifiers.reduce(term.per_pixel(pred, target), pred, target, mask)
+            if hasattr(term, "per_pixel") else term(pred, target, mask)
+            for name, term in terms.items()}
+
+
 SCENE_SECTIONS = ("triangles", "optimizer", "balancer", "densifier")
 
 
@@ -373,7 +393,7 @@ def join_scenes(states: list[dict]) -> dict:
     return out
 
 
-def _check_term(name: str, term, target: torch.Tensor, mask: torch.Tensor | None) -> None:
+def check_term(name: str, term, target: torch.Tensor, mask: torch.Tensor | None) -> None:
     """Score the target against itself once, so a term that cannot handle this image (too small
     for a network's pooling, say) stops the run before it starts."""
     try:

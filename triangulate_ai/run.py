@@ -51,9 +51,11 @@ def metric_series(folder: Path) -> dict[str, tuple[list[int], list[float]]]:
     return series
 
 
-def read_checkpoint(path: Path, device: torch.device) -> dict:
+def read_checkpoint(path: Path, device: torch.device, kind: str = CHECKPOINT_FORMAT,
+                    sections: tuple[str, ...] = ("fitter", "recorder")) -> dict:
     """A checkpoint's state, loaded without running any code from the file (weights_only), and
-    checked to be one of ours. Anything else is a UserError naming the file."""
+    checked to be one of ours: format `kind`, with dict `sections` (a fit's by default; a model
+    training's has its own). Anything else is a UserError naming the file."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
@@ -63,10 +65,10 @@ def read_checkpoint(path: Path, device: torch.device) -> dict:
                         "Python objects could run code from the file)") from None
     except Exception as exc:  # corrupt or truncated: torch's messages are long, name only the kind
         raise UserError(f"{path}: not a readable checkpoint: corrupt or truncated ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(state, dict) or state.get("format") != kind:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise UserError(f"{path}: not a TriangulateAI checkpoint of format {CHECKPOINT_FORMAT} (found {found!r})")
-    for key in ("fitter", "recorder"):
+        raise UserError(f"{path}: not a TriangulateAI checkpoint of format {kind} (found {found!r})")
+    for key in sections:
         if not isinstance(state.get(key), dict):
             raise UserError(f"{path}: checkpoint has no '{key}' section")
     return state
@@ -309,7 +311,7 @@ class RunRecorder:
             "psnr_soft": soft_quality["psnr"],
             "ssim_soft": soft_quality["ssim"],
             "lpips_soft": soft_quality.get("lpips"),
-            "perceptual_weights": _weights_summary(networks),
+            "perceptual_weights": weights_summary(networks),
             "network_weights": networks,
             **self.initial,
             "iterations": fitter.steps_done(b),
@@ -337,7 +339,7 @@ class RunRecorder:
         return summary
 
 
-def _weights_summary(networks: dict[str, str]) -> str:
+def weights_summary(networks: dict[str, str]) -> str:
     """`random` if any network is untrained (so no such result passes for a real one)."""
     if not networks:
         return "none"

@@ -12,10 +12,13 @@ from typing import Callable
 from .config import ScheduleConfig
 
 
-def schedule_value(cfg: ScheduleConfig, step: int, progress: float = 0.0) -> float:
-    """The scheduled value at `step` (0-based), or at budget share `progress` for unit: fraction."""
+def schedule_value(cfg: ScheduleConfig, step: int, progress: float = 0.0, epoch: float = 0.0) -> float:
+    """The scheduled value at `step` (0-based), at budget share `progress` for unit: fraction, or
+    at `epoch` (epochs done, fractional) for unit: epochs (model training)."""
     if cfg.unit == "fraction":
         step = progress
+    elif cfg.unit == "epochs":
+        step = epoch
     if cfg.type == "piecewise":
         return cfg.values[sum(step >= m for m in cfg.milestones)]
     span = max(cfg.end_step - cfg.start_step, 1 if cfg.unit == "steps" else 1e-12)
@@ -35,11 +38,12 @@ class Schedules:
         self.schedules = schedules
         self.setters = setters
 
-    def apply(self, step: int, progress: float = 0.0) -> dict[str, float]:
-        """Set every scheduled value for `step` (budget share `progress`); returns them by path."""
+    def apply(self, step: int, progress: float = 0.0, epoch: float = 0.0) -> dict[str, float]:
+        """Set every scheduled value for `step` (budget share `progress`, epochs done `epoch`);
+        returns them by path."""
         current = {}
         for path, cfg in self.schedules.items():
-            value = schedule_value(cfg, step, progress)
+            value = schedule_value(cfg, step, progress, epoch)
             self.setters[path](value)
             current[path] = value
         return current

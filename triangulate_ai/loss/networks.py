@@ -24,6 +24,8 @@ IMAGENET_WEIGHTS = {
     "vgg19": torchvision.models.VGG19_Weights.IMAGENET1K_V1,
     "alexnet": torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
     "squeezenet1_1": torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1,
+    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,  # model encoders (triangulate_ai.model)
+    "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
 }
 
 _SHARED: dict[tuple, nn.Module] = {}

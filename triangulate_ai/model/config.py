@@ -1,0 +1,139 @@
+"""The configuration of a model's training: the fit's config plus `model`, `data` and `train`.
+
+A model is trained with the fit's parts (triangles.count, render, loss, regularizer, modifiers,
+schedules, log, eval.lpips), so its config is a fit config with three more sections. Fit keys
+that mean nothing to a model (the per-image budget, initialisers, respawn, step checkpoints) are
+refused when given (Config.REFUSED), so that no setting is silently ignored. Schedules may count epochs too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Optional
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from ..config import Config, ScheduleConfig, Section, load_config
+
+# Fit keys a model's training does not use: setting one is an error (see ModelRunConfig).
+FIT_ONLY = {
+    "image": "the images come from data.images",
+    "optim": "the model's optimiser is train.*; optim.* is the per-image fit's (train.py)",
+    "respawn": "respawn moves a fit's triangles; a model predicts them",
+    "checkpoint": "a model's training writes a checkpoint every epoch",
+    "eval.every": "a model is validated every epoch",
+    "log.gif_every": "a model's training writes no progress GIF",
+    **{f"triangles.{key}": "the model's head places the triangles (model.head)"
+       for key in ("init", "model", "size", "colors", "opacity", "structure_uniform", "progressive")},
+}
+
+
+class EncoderConfig(Section):
+    """The network that looks at the image. `weights` are its starting weights: `random`,
+    `imagenet` (resnets, through torchvision's cache, offline as honest as the loss networks) or
+    the path of a state dict of this encoder."""
+
+    type: Literal["small_cnn", "resnet18", "resnet34"] = "small_cnn"
+    weights: str = "random"
+    width: int = Field(16, ge=4, le=256)  # small_cnn only: channels of the first stage, doubled at each stride
+
+    @model_validator(mode="after")
+    def _fits_type(self) -> "EncoderConfig":
+        if self.type == "small_cnn" and self.weights == "imagenet":
+            raise ValueError("small_cnn has no ImageNet weights: use weights: random or a PATH, or type: resnet18")
+        return self
+
+
+class HeadConfig(Section):
+    """The head that turns features into triangles. Sizes are in canvas units (the canvas is 1 x 1):
+    every triangle's area is at least 0.9 x min_size^2 of the canvas, and its vertices stay on it."""
+
+    hidden: int = Field(128, ge=8)
+    embedding: int = Field(16, ge=0)  # a learnt vector per triangle slot
+    min_size: float = Field(0.02, gt=0)
+    max_size: float = Field(0.45, gt=0, lt=0.5)
+    opacity: float = Field(0.7, gt=0, lt=1)  # opacity the head starts from
+
+    @field_validator("max_size")
+    @classmethod
+    def _above_min(cls, value: float, info: ValidationInfo) -> float:
+        if value <= info.data.get("min_size", 0):
+            raise ValueError("max_size must be greater than min_size")
+        return value
+
+
+class ModelConfig(Section):
+    input_size: int = Field(64, ge=16)  # images are resized to input_size^2 before the encoder
+    encoder: EncoderConfig = EncoderConfig()
+    head: HeadConfig = HeadConfig()
+
+
+class DataConfig(Section):
+    images: list[str] = []  # files, folders, glob patterns; --data sets it
+    max_size: int = Field(256, ge=0)  # images are first downscaled (Lanczos) to this longer side; 0 keeps them
+    crop: int = Field(64, ge=8)  # side of the square crops trained on and validated on
+    scale: list[float] = [0.08, 0.4]  # share of the image's area a crop covers before its resize to `crop`
+    hflip: bool = True
+    vflip: bool = False
+    val_share: float = Field(0.25, gt=0, lt=1)  # share of the source images held out for validation
+    val_crops: int = Field(8, ge=1)  # fixed crops per validation image
+    crops_per_image: int = Field(64, ge=1)  # training crops per image and epoch
+    workers: int = Field(0, ge=0)  # DataLoader worker processes
+    same_source: float = Field(0.05, ge=0)  # images whose 16x16 thumbnails differ by less (RMS) are one source
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, scale: list[float]) -> list[float]:
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError("scale must be [low, high] with 0 < low <= high <= 1")
+        return scale
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)  # AdamW learning rate of the network; schedulable as train.lr
+    weight_decay: float = Field(0.0, ge=0)
+    betas: list[float] = [0.9, 0.999]
+    grad_clip: Optional[float] = Field(1.0, gt=0)  # largest gradient norm of a step; null = no clipping
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas: list[float]) -> list[float]:
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError("betas must be two numbers in [0, 1)")
+        return betas
+
+
+class ModelScheduleConfig(ScheduleConfig):
+    """A fit's schedule, plus `unit: epochs` (epochs done, fractional). `unit: fraction` is the
+    share of all training steps (epochs x steps per epoch), `unit: steps` counts optimiser steps."""
+
+    unit: Literal["steps", "fraction", "epochs"] = "steps"
+
+
+class ModelRunConfig(Config):
+    REFUSED: ClassVar[dict[str, str]] = {key: f"is a setting of per-image fits, not of model training: {why}"
+                                         for key, why in FIT_ONLY.items()}
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    schedules: dict[str, ModelScheduleConfig] = {}
+
+    def dump(self) -> dict:
+        """Every value model training uses (the fit-only keys left out, so the dump loads again)."""
+        data = super().dump()
+        for dotted in FIT_ONLY:
+            section, _, key = dotted.partition(".")
+            if key:
+                data[section].pop(key)
+            else:
+                data.pop(section)
+        return data
+
+
+def load_model_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                      values: dict[str, Any] | None = None, values_source: str = "command line") -> ModelRunConfig:
+    """A model training config, layered and validated as fit configs are (one-line errors)."""
+    return load_config(path, overrides, values, values_source, schema=ModelRunConfig)

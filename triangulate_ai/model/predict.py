@@ -1,0 +1,63 @@
+"""A trained model from its checkpoint: predictions, and the start of a per-image fit.
+
+`triangles.init: model` (train.py --init-from-model CKPT) starts a fit from the model's one-pass
+prediction for the target. The checkpoint is read with weights_only; its config rebuilds the
+network (without fetching the encoder's starting weights, which the checkpoint replaces).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+
+from ..config import TrianglesConfig
+from ..errors import UserError
+from ..triangles import TriangleSet
+from .config import ModelRunConfig
+from .network import TriangleModel
+from .record import read_model_checkpoint
+
+_LOADED: dict[tuple, tuple[TriangleModel, ModelRunConfig]] = {}
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[TriangleModel, ModelRunConfig]:
+    """The network of a model checkpoint (a training folder's checkpoint.pt, or the folder), in
+    inference mode, with its config. Loaded once per file version and device."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    device = torch.device(device)
+    stat = path.stat() if path.is_file() else None
+    key = (str(path.resolve()), stat and stat.st_mtime_ns, stat and stat.st_size, str(device))
+    if key not in _LOADED:
+        state = read_model_checkpoint(path, device)
+        try:
+            cfg = ModelRunConfig.model_validate(state["config"])
+        except ValidationError as exc:
+            raise UserError(f"{path}: the checkpoint's config is not valid here ({exc.errors()[0]['msg']})") from None
+        model = TriangleModel(cfg, load_weights=False).to(device)
+        try:
+            model.load_state_dict(state["trainer"]["model"])
+        except (KeyError, RuntimeError) as exc:
+            raise UserError(f"{path}: the network's weights do not fit its config "
+                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+        _LOADED.clear()  # one model at a time is enough for a fit or a benchmark
+        _LOADED[key] = (model.eval(), cfg)
+    return _LOADED[key]
+
+
+def predicted_triangles(cfg: TrianglesConfig, target: torch.Tensor, background: torch.Tensor) -> TriangleSet:
+    """The starting TriangleSet of a fit of `target` (B, 3, H, W): the model's prediction. The
+    background is the model's when the fit learns it, else the fit's configured one."""
+    model, model_cfg = load_model(cfg.model, target.device)
+    if model.count != cfg.count:
+        raise UserError(f"triangles.model = {cfg.model}: the model predicts {model.count} triangles but "
+                        f"triangles.count is {cfg.count}; set triangles.count={model.count}")
+    with torch.no_grad():
+        scene = model(target.float())
+    dtype = target.dtype
+    start = scene.background.to(dtype) if cfg.learn_background else background
+    return TriangleSet(scene.vertices.to(dtype), scene.colors.to(dtype), scene.opacity.to(dtype), start,
+                       cfg.learn_background)

@@ -1,0 +1,178 @@
+"""A model's training folder: metrics.jsonl, TensorBoard, warning signs, checkpoints, figures.
+
+It observes the trainer and never changes it, with the fit recorder's parts: the same record keys
+(`loss/<term>`, `weight/<term>`, `eval/*`), TensorBoardSink, WarningMonitor (its flat-collapse
+sign fed with the renders' colour variance relative to their crops'), atomic writes, and
+checkpoints that load with weights_only. A checkpoint is written after every epoch (and on
+Ctrl-C or a failure, at the step reached) and holds everything to resume and to predict.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..io import save_png, write_atomic, write_json
+from ..monitor import TensorBoardSink, WarningMonitor
+from ..run import CHECKPOINT, METRICS, read_checkpoint, weights_summary
+from ..metrics import psnr_torch
+from .config import ModelRunConfig
+from .data import Split
+from .trainer import ModelStep, ModelTrainer, Validation
+
+MODEL_FORMAT = "triangulate_ai.model/1"
+SECTIONS = ("config", "trainer", "recorder", "split")
+SHEET_CROPS = 8  # validation crops shown in val.png and TensorBoard
+
+
+def read_model_checkpoint(path: Path, device: torch.device) -> dict:
+    """A model checkpoint, loaded with weights_only and checked (UserError naming the file)."""
+    return read_checkpoint(path, device, MODEL_FORMAT, SECTIONS)
+
+
+def sheet(targets: torch.Tensor, drawings: list[np.ndarray], scale: int = 2) -> np.ndarray:
+    """Crops (top row) over the model's drawings of them (bottom row), enlarged `scale` times."""
+    top = np.concatenate([t.permute(1, 2, 0).numpy() for t in targets], axis=1)
+    bottom = np.concatenate(drawings, axis=1)
+    grid = np.concatenate([top, np.ones((2, top.shape[1], 3), np.float32), bottom], axis=0)
+    return grid.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+class ModelRecorder:
+    def __init__(self, folder: Path, cfg: ModelRunConfig, trainer: ModelTrainer, split: Split,
+                 crops: torch.Tensor, on_warning: Callable[[dict], None] = lambda warning: None) -> None:
+        self.folder, self.cfg, self.split, self.crops = folder, cfg, split, crops
+        self.on_warning = on_warning
+        log = cfg.log
+        self.tensorboard = TensorBoardSink(folder / "tensorboard", log.tensorboard) if log.tensorboard.enabled else None
+        # the renders' colour variance is given relative to their crops', so the target's is 1
+        self.monitor = WarningMonitor(log.warnings, list(trainer.terms), 1.0) if log.warnings.enabled else None
+        self.history: list[dict] = []  # one validation summary per epoch
+        self.last: ModelStep | None = None
+
+    @property
+    def warnings(self) -> list[dict]:
+        return [] if self.monitor is None else list(self.monitor.warnings)
+
+    def on_step(self, trainer: ModelTrainer, result: ModelStep) -> None:
+        self.last = result
+        step, log = result.step, self.cfg.log
+        to_jsonl = step % log.every == 0 or result.grad_norms is not None
+        to_board = self.tensorboard is not None and step % log.tensorboard.log_freq == 0
+        if not (to_jsonl or to_board):
+            return
+        record = {"step": step, "epoch": round(result.epoch, 5), "time_s": round(trainer.elapsed, 3),
+                  "total": result.total,
+                  **{f"loss/{k}": v for k, v in result.losses.items()},
+                  **{f"log_loss/{k}": math.log(v) for k, v in result.losses.items() if v > 0},
+                  **{f"weight/{k}": v for k, v in result.weights.items()},
+                  "psnr_soft": psnr_torch(result.render, result.targets),
+                  "variance_ratio": result.variance_ratio, "grad_norm_total": result.gradient, "lr": result.lr,
+                  **{f"schedule/{k}": v for k, v in result.scheduled.items()},
+                  **{f"grad_norm/{k}": v for k, v in (result.grad_norms or {}).items()}}
+        if result.regularizer is not None:
+            record.update(regularizer=result.regularizer, regularizer_weight=trainer.regularizer.weight)
+        images = None
+        every = log.tensorboard.image_every
+        if to_board and every and step % every == 0:
+            count = min(SHEET_CROPS, len(result.targets))
+            renders = [r.permute(1, 2, 0).cpu().clamp(0, 1).numpy() for r in result.render[:count]]
+            images = {"images/train": sheet(result.targets[:count].cpu(), renders)}
+        self._emit(record, jsonl=to_jsonl, images=images, variance_ratio=result.variance_ratio)
+
+    def on_epoch(self, trainer: ModelTrainer, validation: Validation) -> None:
+        """Log the validation, write val.png, and checkpoint."""
+        summary = validation.summary()
+        self.history.append({"epoch": trainer.epoch, "step": trainer.step, **summary})
+        count = min(SHEET_CROPS, len(self.crops))
+        picture = sheet(self.crops[:count], validation.drawings[:count])
+        save_png(self.folder / "val.png", picture)
+        images = {"images/val": picture} if self.tensorboard is not None else None
+        self._emit({"step": trainer.step, "epoch": trainer.epoch, **{f"eval/{k}": v for k, v in summary.items()}},
+                   images=images)
+        self.save_checkpoint(trainer)
+
+    def _emit(self, record: dict, jsonl: bool = True, images=None, variance_ratio: float | None = None) -> None:
+        if jsonl:
+            with open(self.folder / METRICS, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.write(record, images)
+        if self.monitor is not None and "total" in record:
+            for warning in self.monitor.check(record, variance_ratio):
+                self.on_warning(warning)
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def save_checkpoint(self, trainer: ModelTrainer) -> None:
+        """Atomic, tensors and plain values only (loads with weights_only=True)."""
+        state = {"format": MODEL_FORMAT, "config": self.cfg.dump(), "trainer": trainer.state_dict(),
+                 "recorder": {"history": self.history, "warnings": json.loads(json.dumps(self.warnings))},
+                 "split": self.split.names(), "version": __version__}
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_atomic(self.folder / CHECKPOINT, buffer.getvalue())
+
+    def restore(self, state: dict, trainer: ModelTrainer) -> None:
+        """This recorder's part of a checkpoint whose trainer state is loaded; metric lines
+        logged after it are dropped, so none is written twice."""
+        self.history = [dict(h) for h in state["recorder"]["history"]]
+        if self.monitor is not None:
+            self.monitor.warnings[:] = state["recorder"]["warnings"]
+            self.monitor.restore_seen()
+        path = self.folder / METRICS
+        if path.exists():
+            kept = []
+            for line in path.read_text().splitlines():
+                record = json.loads(line) if line.strip() else None
+                if record is None:
+                    continue
+                is_eval = "eval/psnr" in record
+                if (is_eval and record["epoch"] <= trainer.epoch and record["step"] <= trainer.step) or \
+                        (not is_eval and record["step"] < trainer.step):
+                    kept.append(line)
+            write_atomic(path, "".join(line + "\n" for line in kept))
+
+    def finish(self, trainer: ModelTrainer, stopped_by: str, error: str | None, threads: int) -> dict:
+        """summary.json: how the training ended, the last validation, the history, the settings
+        that qualify the numbers (random networks, threads)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        networks = self.cfg.network_weights()
+        summary = {
+            "config": self.cfg.dump(),
+            "triangles": self.cfg.triangles.count,
+            "encoder": f"{self.cfg.model.encoder.type} (starting weights: {self.cfg.model.encoder.weights})",
+            "parameters": sum(p.numel() for p in trainer.model.parameters()),
+            "epochs": trainer.epoch,
+            "epochs_planned": self.cfg.train.epochs,
+            "steps": trainer.step,
+            "stopped_by": stopped_by,  # epochs | interrupted | error
+            "completed": stopped_by == "epochs",
+            "error": error,
+            "validation": self.history[-1] if self.history else None,
+            "history": self.history,
+            "metrics_on": "triangles.svg of each prediction rasterised by resvg (hard edges, anti-aliased)",
+            "lpips_meaningful": self.cfg.eval.lpips is not None and self.cfg.eval.lpips.weights != "random",
+            "network_weights": networks,
+            "perceptual_weights": weights_summary(networks),
+            "split": self.split.names(),
+            "val_crops": len(self.crops),
+            "warnings": self.warnings,
+            "wall_time_s": round(trainer.elapsed, 3),
+            "seconds_per_step": round(trainer.elapsed / max(trainer.step, 1), 5),
+            "threads": threads,
+            "backend": trainer.renderer.name,
+            "device": str(trainer.device),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "triangulate_ai": __version__},
+        }
+        write_json(self.folder / "summary.json", summary)
+        return summary
