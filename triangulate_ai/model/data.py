@@ -90,14 +90,15 @@ def group_sources(sources: list[Source], threshold: float) -> list[list[int]]:
 
 def split_sources(sources: list[Source], cfg: DataConfig, seed: int) -> Split:
     """Whole groups to validation (a `val_share` of the groups, at least one) and the rest to
-    training, drawn with `seed`."""
+    training, drawn with `seed`. A held-out picture is validated once: the first file of its
+    group stands for it (the others are left out, so no picture weighs double in the scores)."""
     groups = group_sources(sources, cfg.same_source)
     if len(groups) < 2:
         raise UserError(f"data.images: {len(sources)} image(s) of {len(groups)} distinct picture(s); a train/val "
                         "split by source needs at least 2 distinct pictures")
     order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
     held = min(max(1, round(cfg.val_share * len(groups))), len(groups) - 1)
-    val = sorted(i for g in order[:held] for i in groups[g])
+    val = sorted(groups[g][0] for g in order[:held])
     train = sorted(i for g in order[held:] for i in groups[g])
     return Split([sources[i] for i in train], [sources[i] for i in val])
 
