@@ -101,6 +101,8 @@ def _train(args: argparse.Namespace) -> int:
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise UserError(f"{path}: checkpoint does not fit this config "
                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+        if not all(isinstance(state["recorder"].get(key), list) for key in ("history", "warnings")):
+            raise UserError(f"{path}: checkpoint has no training history")
     else:
         folder, note = make_folder(folder, args.overwrite)
         if note:

@@ -1,0 +1,121 @@
+"""Figures and a table from finished model trainings (docs/model.md's seed experiment).
+
+    python -m triangulate_ai.model.report runs/model_exp/fixed runs/model_exp/geometric_mean \
+        runs/model_exp/uncertainty --out docs/model
+
+Reads only the training folders (summary.json, metrics.jsonl, checkpoint.pt): validation curves
+per epoch, the predictions of every model on the same validation crops, and a markdown table on
+stdout. Whatever ran on a randomly initialised network says so in red on the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ..export import rasterize_svg, scene_to_dict, svg_from_dict  # noqa: E402
+from ..io import save_png  # noqa: E402
+from .data import load_sources, validation_crops  # noqa: E402
+from .predict import load_model  # noqa: E402
+from .record import read_model_checkpoint  # noqa: E402
+
+SHOWN = 8  # validation crops in predictions.png
+
+
+def random_note(summaries: dict[str, dict]) -> str | None:
+    """A warning line naming the settings that used random networks, if any did."""
+    keys = sorted({key for s in summaries.values() for key, value in s["network_weights"].items()
+                   if value == "random"})
+    return f"random (untrained) networks: {', '.join(keys)}: not comparable to pretrained ones" if keys else None
+
+
+def history(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()
+            if "eval/psnr" in line]
+
+
+def plot_curves(folders: dict[str, Path], out: Path, note: str | None) -> Path:
+    """Validation PSNR (and the flat mean's), SSIM and the share of collapsed predictions per epoch."""
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for name, folder in folders.items():
+        rows = history(folder)
+        epochs = [r["epoch"] for r in rows]
+        axes[0].plot(epochs, [r["eval/psnr"] for r in rows], label=name)
+        axes[1].plot(epochs, [r["eval/ssim"] for r in rows], label=name)
+        axes[2].plot(epochs, [100 * r["eval/collapsed_share"] for r in rows], label=name)
+    flat = history(next(iter(folders.values())))[0]["eval/psnr_flat_mean"]
+    axes[0].axhline(flat, color="grey", linestyle="--", label="flat mean colour")
+    for ax, title in zip(axes, ["val PSNR (dB), hard-edged", "val SSIM, hard-edged", "collapsed to flat colour (%)"]):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+    axes[0].legend(fontsize=8)
+    if note:
+        fig.suptitle(note, color="tab:red", fontsize=8)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_predictions(folders: dict[str, Path], out: Path) -> Path:
+    """The first validation crops (top row) over each model's one-pass prediction as the SVG draws
+    it, one row per model, in the order given."""
+    first = next(iter(folders.values()))
+    _, cfg = load_model(first)
+    val = read_model_checkpoint(first / "checkpoint.pt", torch.device("cpu"))["split"]["val"]
+    data = cfg.data.model_copy(update={"images": val})
+    crops = validation_crops(load_sources(data), data, cfg.seed)[:SHOWN]
+    height, width = crops.shape[-2:]
+    rows = [np.concatenate([c.permute(1, 2, 0).numpy() for c in crops], axis=1)]
+    for folder in folders.values():
+        model, _ = load_model(folder)
+        with torch.no_grad():
+            scene = model(crops)
+        rows.append(np.concatenate([rasterize_svg(svg_from_dict(scene_to_dict(scene, height, width, index=b)))
+                                    for b in range(len(crops))], axis=1))
+    gap = np.ones((2, rows[0].shape[1], 3), np.float32)
+    picture = np.concatenate([part for row in rows for part in (row, gap)][:-1], axis=0)
+    path = out / "predictions.png"
+    save_png(path, picture)
+    return path
+
+
+def table(summaries: dict[str, dict]) -> str:
+    lines = ["| model | val PSNR (dB) | flat mean (dB) | gain (dB) | SSIM | LPIPS | collapsed | epochs | time |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, s in summaries.items():
+        v = s["validation"]
+        lpips = f"{v['lpips']:.4f}" + ("" if s["lpips_meaningful"] else " (random net)") if "lpips" in v else "-"
+        lines.append(f"| {name} | {v['psnr']:.2f} | {v['psnr_flat_mean']:.2f} | {v['psnr_gain']:+.2f} | "
+                     f"{v['ssim']:.3f} | {lpips} | {v['collapsed_share']:.0%} | {s['epochs']} | "
+                     f"{s['wall_time_s'] / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path, help="training folders (their names label the figures)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for curves.png and predictions.png")
+    args = parser.parse_args(argv)
+    folders = {folder.name: folder for folder in args.folders}
+    summaries = {name: json.loads((folder / "summary.json").read_text()) for name, folder in folders.items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    note = random_note(summaries)
+    plot_curves(folders, args.out, note)
+    plot_predictions(folders, args.out)
+    if note:
+        print(f"**{note}**\n")
+    print(table(summaries))
+
+
+if __name__ == "__main__":
+    main()
