@@ -274,3 +274,35 @@ def test_progressive_init_brings_triangles_in_over_the_first_part_of_the_budget(
     fitter.run([Count()])
     assert counts[0] == 4 and counts[-1] == 40
     assert counts == sorted(counts) and counts[24] == 40  # all placed by half the budget
+
+
+def test_placement_keeps_the_candidate_that_removes_most_error_with_its_best_colour():
+    from triangulate_ai.placement import best_triangles, candidate_triangles, coverage
+
+    # flat grey picture, target grey with one red square: the best candidates sit on the square
+    picture = torch.full((3, 40, 48), 0.5, dtype=torch.float64)
+    target = picture.clone()
+    target[:, 10:22, 30:42] = torch.tensor([0.9, 0.1, 0.1], dtype=torch.float64)[:, None, None]
+    density = (picture - target).abs().mean(dim=0)
+    g = torch.Generator().manual_seed(0)
+    verts, colours = best_triangles(picture, target, density, 2, side=10.0, opacity=0.8, candidates=64, generator=g)
+    assert verts.shape == (2, 3, 2) and colours.shape == (2, 3)
+    centre = verts[0].mean(dim=0)
+    assert 28 <= centre[0] <= 44 and 8 <= centre[1] <= 24
+    assert colours[0, 0] > 0.9 - 1e-9 and colours[0, 1] < 0.1 + 1e-9  # (0.9 - 0.2 x 0.5) / 0.8 = 1, clamped
+    # the closed-form gain against a brute-force repaint, for random candidates on a random picture
+    g = torch.Generator().manual_seed(1)
+    picture, target = torch.rand(3, 20, 24, dtype=torch.float64), torch.rand(3, 20, 24, dtype=torch.float64)
+    tris = candidate_triangles(torch.tensor([[12.0, 10.0]], dtype=torch.float64), 12.0, g)
+    ys = torch.arange(20, dtype=torch.float64)[None, :, None] + 0.5
+    xs = torch.arange(24, dtype=torch.float64)[None, None, :] + 0.5
+    inside = coverage(tris, xs, ys)[0]
+    assert inside.sum() > 10
+    wanted = ((target - 0.2 * picture) / 0.8)[:, inside].mean(dim=1).clamp(0, 1)
+    painted = picture.clone()
+    painted[:, inside] = 0.8 * wanted[:, None] + 0.2 * picture[:, inside]
+    for trial in range(20):  # no colour does better on those pixels than the closed form
+        other = (wanted + (torch.rand(3, generator=g, dtype=torch.float64) - 0.5) * 0.2).clamp(0, 1)
+        repaint = picture.clone()
+        repaint[:, inside] = 0.8 * other[:, None] + 0.2 * picture[:, inside]
+        assert (repaint - target).square().sum() >= (painted - target).square().sum() - 1e-12

@@ -319,6 +319,7 @@ class RespawnConfig(Section):
     size: float = Field(1.0, gt=0)  # new triangles' side, x sqrt(image area / triangle count)
     error_blur: int = Field(2, ge=0)  # box-filter radius (px) of the error map positions are drawn from
     error_power: float = Field(2.0, ge=0)  # sampling density ~ blurred error ^ power
+    candidates: int = Field(32, ge=1)  # random triangles tried per placement; the one removing most error wins
 
 
 class RegularizerConfig(Section):

@@ -4,8 +4,9 @@ A triangle is dead when its colour reaches fewer than `min_contribution` pixel-e
 the picture (sum over pixels of its compositing weight alpha x transmittance above it, which is
 d sum(image) / d colour: one extra backward pass measures it for every renderer), or when its
 area is below `min_area` square pixels. Dead triangles (and, in progressive mode, the next batch
-of parked ones) are placed at positions drawn from the blurred error map, with the target's
-colour there, on top of the paint order, and with their Adam moments reset, as 3D Gaussian
+of parked ones) are placed where they remove most error (the best of `candidates` random
+triangles drawn around the blurred error map, with the colour that fills each best:
+placement.py), on top of the paint order, and with their Adam moments reset, as 3D Gaussian
 Splatting does when it densifies. This is part of the loop (it changes parameters between
 steps), and deterministic for a seed: its random generator travels in the checkpoint.
 """
@@ -17,7 +18,8 @@ import math
 import torch
 
 from .config import Config
-from .init import PARKED, sample_colors
+from .init import PARKED
+from .placement import best_triangles
 from .raster import Scene
 from .raster.base import Renderer
 from .triangles import TriangleSet, _logit
@@ -60,12 +62,11 @@ class Densifier:
         with torch.no_grad():
             render, contribution = _render_with_contribution(triangles, renderer, height, width)
             area = _areas(triangles.positions.detach() * triangles.positions.new_tensor([width, height]))
-            error = (render - target).abs().mean(dim=1, keepdim=True)
         slots = []
         for b in range(triangles.batch_size):
             chosen = []
             if active is not None and not bool(active[b]):
-                slots.append(torch.zeros(0, dtype=torch.long))
+                slots.append(torch.zeros(0, dtype=torch.long, device="cpu"))
                 continue
             if self.respawn.enabled and progress < self.respawn.until:
                 dead = ~self.parked[b] & ((contribution[b] < self.respawn.min_contribution)
@@ -76,46 +77,39 @@ class Densifier:
             if self.progressive is not None:
                 bring = self.wanted_active(progress) - int((~self.parked[b]).sum())
                 chosen.append(torch.nonzero(self.parked[b]).flatten()[:max(bring, 0)])
-            slots.append(torch.cat(chosen).unique() if chosen else torch.zeros(0, dtype=torch.long))
+            slots.append(torch.cat(chosen).unique() if chosen else torch.zeros(0, dtype=torch.long, device="cpu"))
         moved = [len(s) for s in slots]
         if sum(moved):
-            self._place(triangles, optimizer, error, target, slots)
+            self._place(triangles, optimizer, render, target, slots)
         return moved
 
-    def _place(self, triangles: TriangleSet, optimizer: torch.optim.Optimizer, error: torch.Tensor,
+    def _place(self, triangles: TriangleSet, optimizer: torch.optim.Optimizer, render: torch.Tensor,
                target: torch.Tensor, slots: list[torch.Tensor]) -> None:
         height, width = target.shape[-2:]
         count = triangles.count
         side = self.respawn.size * math.sqrt(height * width / count)  # pixels
+        error = (render - target).abs().mean(dim=1, keepdim=True)
         radius = self.respawn.error_blur
         density = error if radius == 0 else torch.nn.functional.avg_pool2d(
             error, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
-        blur = max(1, int(side / 3))
-        colour_map = torch.nn.functional.avg_pool2d(target, 2 * blur + 1, stride=1, padding=blur,
-                                                    count_include_pad=False)
-        order = torch.arange(count).expand(triangles.batch_size, count).clone()
-        fresh = torch.zeros(triangles.batch_size, count, dtype=torch.bool)
+        order = torch.arange(count, device="cpu").expand(triangles.batch_size, count).clone()
+        fresh = torch.zeros(triangles.batch_size, count, dtype=torch.bool, device="cpu")
         params = {name: getattr(triangles, name) for name in PER_TRIANGLE}
+        device, dtype = params["positions"].device, params["positions"].dtype
+        scale = torch.tensor([width, height], dtype=torch.float64, device="cpu")
         for b, idx in enumerate(slots):
             if not len(idx):
                 continue
-            weights = density[b, 0].double().clamp_min(0).pow(self.respawn.error_power).flatten().cpu() + 1e-12
-            generator = self.generators[b]
-            pick = torch.multinomial(weights, len(idx), replacement=True, generator=generator)
-            jitter = torch.rand(len(idx), 2, generator=generator, dtype=torch.float64)
-            centres = torch.stack([pick % width, pick // width], 1).double() + jitter  # pixels
-            angle = torch.rand(len(idx), 1, generator=generator, dtype=torch.float64) * (2 * math.pi / 3)
-            turns = angle + torch.arange(3, dtype=torch.float64) * (2 * math.pi / 3)  # (k, 3)
-            corners = centres[:, None, :] + side / math.sqrt(3) * torch.stack([turns.cos(), turns.sin()], -1)
-            scale = torch.tensor([width, height], dtype=torch.float64)
-            device, dtype = params["positions"].device, params["positions"].dtype
-            vertices = (corners / scale).to(device=device, dtype=dtype)
-            colours = sample_colors(colour_map[b:b + 1], (centres / scale)[None].to(device=device, dtype=dtype))[0]
+            corners, colours = best_triangles(
+                render[b].detach().double().cpu(), target[b].double().cpu(),
+                density[b, 0].double().cpu().pow(self.respawn.error_power), len(idx), side, self.opacity,
+                self.respawn.candidates, self.generators[b])
             with torch.no_grad():
-                params["positions"][b, idx.to(device)] = vertices
-                params["color_logits"][b, idx.to(device)] = _logit(colours)
-                params["opacity_logits"][b, idx.to(device)] = _logit(torch.full_like(colours[:, 0], self.opacity))
-            keep = torch.ones(count, dtype=torch.bool)
+                params["positions"][b, idx.to(device)] = (corners / scale).to(device=device, dtype=dtype)
+                params["color_logits"][b, idx.to(device)] = _logit(colours.to(device=device, dtype=dtype))
+                params["opacity_logits"][b, idx.to(device)] = _logit(
+                    torch.full((len(idx),), self.opacity, device=device, dtype=dtype))
+            keep = torch.ones(count, dtype=torch.bool, device="cpu")
             keep[idx] = False
             order[b] = torch.cat([torch.nonzero(keep).flatten(), idx])  # placed ones go on top
             fresh[b, count - len(idx):] = True

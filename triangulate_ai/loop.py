@@ -285,7 +285,7 @@ class Fitter:
         one = take_scene(state, scene)
         for param_state in one["optimizer"]["state"].values():  # Adam stepped it `done` times
             if "step" in param_state:
-                param_state["step"] = torch.tensor(float(done))
+                param_state["step"] = torch.tensor(float(done), device="cpu")
         return {**one, "step": done}
 
     def load_state_dict(self, state: dict) -> None:

@@ -222,7 +222,8 @@ class RunRecorder:
         numbers, strings, lists and dicts go in, so it loads with torch.load(weights_only=True)."""
         if self.folder is None:
             return
-        frames = torch.from_numpy(np.stack(self.frames)) if self.frames else torch.zeros(0, dtype=torch.uint8)
+        frames = torch.from_numpy(np.stack(self.frames)) if self.frames else \
+            torch.zeros(0, dtype=torch.uint8, device="cpu")
         state = {
             "format": CHECKPOINT_FORMAT,
             "fitter": fitter.state_dict(self.scene),  # this scene alone: an ordinary one-scene checkpoint

@@ -31,6 +31,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import Field, ValidationError
 
+from ..cli import expand_images
 from ..config import CLI, Section, load_config, safe_load
 from ..errors import UserError, program_name
 from ..io import write_atomic
@@ -53,7 +54,7 @@ class AblationConfig(Section):
     name: str
     base: str  # the fit config every run starts from (relative to this file)
     output: Optional[str] = None  # experiment folder; default runs/ablation/<name>
-    images: list[str]  # relative to this file
+    images: list[str]  # image files or folders of images, relative to this file
     seeds: list[int] = [0, 1, 2]
     methods: dict[str, dict[str, Any]]  # name -> config overrides (dotted keys)
     baseline: Optional[str] = None  # the method others are compared with (default: the first)
@@ -95,7 +96,7 @@ def plan(cfg: AblationConfig, config_path: Path, output: Path) -> list[dict]:
             extra = dict(zip([k for k, _ in grid_items], values))
             suffix = "".join(f"__{k}={v}" for k, v in extra.items())
             variant = method + suffix
-            for image in cfg.images:
+            for image in image_files(cfg, root):
                 for seed in cfg.seeds:
                     image_path = (root / image).resolve()
                     folder = output / _label(variant) / f"{_label(Path(image).stem)}_seed{seed}"
@@ -109,6 +110,17 @@ def plan(cfg: AblationConfig, config_path: Path, output: Path) -> list[dict]:
         except UserError as exc:
             raise UserError(f"run {run['method']}/{run['image']}/seed {run['seed']}: {exc}") from None
     return runs
+
+
+def image_files(cfg: AblationConfig, root: Path) -> list[str]:
+    """The config's images with each folder replaced by the images it holds (sorted by name)."""
+    files: list[str] = []
+    for image in cfg.images:
+        if (root / image).is_dir():
+            files += [str(Path(image) / p.name) for p in expand_images([str(root / image)])]
+        else:
+            files.append(image)
+    return list(dict.fromkeys(files))
 
 
 def status(folder: Path) -> str:
@@ -444,10 +456,10 @@ def _image_entry(cfg: AblationConfig, item: str, config_path: Path) -> str:
     for image in cfg.images:
         if item in (image, Path(image).stem, Path(image).name):
             return image
-    if Path(item).is_file():
+    if Path(item).is_file() or Path(item).is_dir():
         return str(Path(item).resolve())
     names = ", ".join(Path(i).stem for i in cfg.images)
-    raise UserError(f"--images: {item!r} is neither an image of {config_path} ({names}) nor an image file")
+    raise UserError(f"--images: {item!r} is neither an image of {config_path} ({names}) nor an image file or folder")
 
 
 def main(argv: list[str] | None = None) -> int:

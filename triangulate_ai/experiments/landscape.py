@@ -46,7 +46,7 @@ def random_directions(fitter: Fitter, count: int, seed: int = 0) -> list[dict[st
         d = {}
         for name in GROUPS:
             theta = getattr(fitter.triangles, name).detach()
-            rand = torch.randn(theta.shape, generator=g, dtype=theta.dtype).to(theta.device)
+            rand = torch.randn(theta.shape, generator=g, dtype=theta.dtype, device="cpu").to(theta.device)
             dims = tuple(range(2, theta.dim()))
             theta_norm = theta.norm(dim=dims, keepdim=True) if dims else theta.abs()
             rand_norm = rand.norm(dim=dims, keepdim=True) if dims else rand.abs()
@@ -65,7 +65,8 @@ def evaluate_points(fitter: Fitter, coefficients: np.ndarray, directions: list[d
     scene = tri.scene()
     with torch.no_grad():
         for start in range(0, len(coefficients), batch):
-            chunk = torch.as_tensor(coefficients[start:start + batch], dtype=base["positions"].dtype)
+            chunk = torch.as_tensor(coefficients[start:start + batch], dtype=base["positions"].dtype,
+                                    device=base["positions"].device)
             params = {}
             for name in GROUPS:
                 shift = sum(chunk[:, k].reshape(-1, *[1] * base[name].dim()) * directions[k][name][None]

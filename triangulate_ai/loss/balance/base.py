@@ -125,7 +125,8 @@ class Balancer(nn.Module, ABC):
         '<kind>/<term>' keys: detached CPU float64 tensors of shape (B,)."""
         out = {}
         for key, value in self.weights().items():
-            value = torch.as_tensor(value).detach().to(device="cpu", dtype=torch.float64)
+            value = value.detach() if isinstance(value, torch.Tensor) else value
+            value = torch.as_tensor(value, device="cpu", dtype=torch.float64)
             if value.dim() == 0:
                 value = value.expand(self.batch)
             if key in self.names:

@@ -19,4 +19,5 @@ class FixedBalancer(Balancer):
 
     def weights(self) -> dict[str, torch.Tensor]:
         used = getattr(self, "_used", None) or self.term_weights
-        return {name: torch.full((self.batch,), float(used[name]), dtype=torch.float64) for name in self.names}
+        return {name: torch.full((self.batch,), float(used[name]), dtype=torch.float64, device="cpu")
+                for name in self.names}

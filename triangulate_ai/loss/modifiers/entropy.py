@@ -28,7 +28,8 @@ def error_entropy(per_pixel: torch.Tensor, mask: torch.Tensor | None, eps: float
     entropy = torch.where(flat.sum(dim=1) > 0, entropy, torch.zeros_like(entropy))
     if normalized:
         count = flat.shape[1] if mask is None else mask.flatten(1).gt(0).sum(dim=1).clamp_min(2)
-        entropy = entropy / torch.log(torch.as_tensor(count, dtype=entropy.dtype)).clamp_min(math.log(2))
+        count = torch.as_tensor(count, dtype=entropy.dtype, device=entropy.device)
+        entropy = entropy / torch.log(count).clamp_min(math.log(2))
     return entropy
 
 
