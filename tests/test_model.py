@@ -267,3 +267,23 @@ def test_encoder_weights_random_path_and_imagenet_offline(tmp_path, monkeypatch)
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(UserError, match=r"resnet18-f37072fd\.pth is not in .*model\.encoder\.weights=random"):
         build_encoder(EncoderConfig(type="resnet18", weights="imagenet"))
+
+
+@pytest.mark.parametrize("balancer", ["uncertainty", "gradnorm"])
+def test_training_and_validation_steps_name_their_devices(balancer, data):
+    from triangulate_ai.metrics import Evaluator
+
+    from .test_devices import tensors_must_name_their_device
+
+    cfg = load_model_config(None, [*TINY, f"data.images=[{json.dumps(str(data))}]", f"loss.type={balancer}",
+                                   "loss.terms.vgg={layers: [relu1_2], weights: random}", "regularizer.weight=0.1",
+                                   "log.grad_norm_every=1", "triangles.learn_background=false",
+                                   "schedules={train.lr: {type: cosine, unit: epochs, start_value: 0.003, "
+                                   "end_value: 0.001, end_step: 1}}"])
+    trainer = ModelTrainer(cfg, torch.device("cpu"), steps_per_epoch=2)
+    images = torch.stack([s.image[:, :32, :32] for s in load_sources(cfg.data)])
+    evaluators = [Evaluator(c.permute(1, 2, 0).numpy(), cfg.eval.lpips, torch.device("cpu")) for c in images]
+    with tensors_must_name_their_device():
+        trainer.train_step(images)
+        trainer.train_step(images)
+        assert math.isfinite(trainer.validate(images, evaluators).summary()["psnr"])
