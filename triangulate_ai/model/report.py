@@ -37,23 +37,33 @@ def random_note(summaries: dict[str, dict]) -> str | None:
     return f"random (untrained) networks: {', '.join(keys)}: not comparable to pretrained ones" if keys else None
 
 
+def records(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
 def history(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()
-            if "eval/psnr" in line]
+    return [r for r in records(folder) if "eval/psnr" in r]
 
 
 def plot_curves(folders: dict[str, Path], out: Path, note: str | None) -> Path:
-    """Validation PSNR (and the flat mean's), SSIM and the share of collapsed predictions per epoch."""
+    """Validation PSNR (and the flat mean's) and SSIM per epoch, and the collapse sign during
+    training: the renders' colour variance relative to their crops' (flat colour is 0)."""
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     for name, folder in folders.items():
         rows = history(folder)
         epochs = [r["epoch"] for r in rows]
         axes[0].plot(epochs, [r["eval/psnr"] for r in rows], label=name)
         axes[1].plot(epochs, [r["eval/ssim"] for r in rows], label=name)
-        axes[2].plot(epochs, [100 * r["eval/collapsed_share"] for r in rows], label=name)
-    flat = history(next(iter(folders.values())))[0]["eval/psnr_flat_mean"]
-    axes[0].axhline(flat, color="grey", linestyle="--", label="flat mean colour")
-    for ax, title in zip(axes, ["val PSNR (dB), hard-edged", "val SSIM, hard-edged", "collapsed to flat colour (%)"]):
+        steps = [r for r in records(folder) if "variance_ratio" in r]
+        axes[2].plot([r["epoch"] for r in steps], [r["variance_ratio"] for r in steps], label=name, linewidth=0.8)
+    first = next(iter(folders.values()))
+    axes[0].axhline(history(first)[0]["eval/psnr_flat_mean"], color="grey", linestyle="--", label="flat mean colour")
+    threshold = json.loads((first / "summary.json").read_text())["config"]["log"]["warnings"]["collapse_ratio"]
+    axes[2].axhline(threshold, color="tab:red", linestyle=":", label="collapse threshold")
+    axes[2].set_ylim(bottom=0)
+    axes[2].legend(fontsize=7)
+    titles = ["val PSNR (dB), hard-edged", "val SSIM, hard-edged", "training renders: colour variance / crops'"]
+    for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
     axes[0].legend(fontsize=8)
