@@ -20,9 +20,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from ..export import rasterize_svg, scene_to_dict, svg_from_dict  # noqa: E402
-from ..io import save_png  # noqa: E402
+from ..io import to_uint8  # noqa: E402
 from .data import load_sources, validation_crops  # noqa: E402
 from .predict import load_model  # noqa: E402
 from .record import read_model_checkpoint  # noqa: E402
@@ -77,13 +78,14 @@ def plot_curves(folders: dict[str, Path], out: Path, note: str | None) -> Path:
 
 
 def plot_predictions(folders: dict[str, Path], out: Path) -> Path:
-    """The first validation crops (top row) over each model's one-pass prediction as the SVG draws
-    it, one row per model, in the order given."""
+    """Validation crops of every held-out picture (top row) over each model's one-pass prediction
+    as the SVG draws it, one row per model, in the order given."""
     first = next(iter(folders.values()))
     _, cfg = load_model(first)
     val = read_model_checkpoint(first / "checkpoint.pt", torch.device("cpu"))["split"]["val"]
     data = cfg.data.model_copy(update={"images": val})
-    crops = validation_crops(load_sources(data), data, cfg.seed)[:SHOWN]
+    crops = validation_crops(load_sources(data), data, cfg.seed)
+    crops = crops[::max(1, len(crops) // SHOWN)][:SHOWN]  # spread over the held-out pictures
     height, width = crops.shape[-2:]
     rows = [np.concatenate([c.permute(1, 2, 0).numpy() for c in crops], axis=1)]
     for folder in folders.values():
@@ -95,7 +97,7 @@ def plot_predictions(folders: dict[str, Path], out: Path) -> Path:
     gap = np.ones((2, rows[0].shape[1], 3), np.float32)
     picture = np.concatenate([part for row in rows for part in (row, gap)][:-1], axis=0)
     path = out / "predictions.png"
-    save_png(path, picture)
+    Image.fromarray(to_uint8(picture)).quantize(256).save(path, optimize=True)  # a palette keeps the file small
     return path
 
 
