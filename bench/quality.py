@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 500])
     parser.add_argument("--budgets", type=float, nargs="+", default=[15, 55], help="seconds, one per count")
     parser.add_argument("--iterations", type=int, help="equal steps instead of equal time")
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "quickstart.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "quality.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args(argv)
