@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from triangulate_ai.config import LpipsConfig, VggTermConfig  # noqa: E402
+from triangulate_ai.config import LpipsTermConfig, VggTermConfig  # noqa: E402
 from triangulate_ai.loss.networks import clear_shared  # noqa: E402
 from triangulate_ai.loss.perceptual import LPIPSTerm, VGGPerceptual, lpips_network  # noqa: E402
 
@@ -35,7 +35,7 @@ def make_step(resolution: int | None, channels_last: bool, compiled: bool, threa
     """One forward+backward of VGG + LPIPS on a (batch, 3, H, W) render, set up as the variant says."""
     clear_shared()
     vgg = VGGPerceptual(VggTermConfig(weights="random", resolution=resolution))
-    lp = LPIPSTerm(LpipsConfig(net="alex", weights="random", resolution=resolution))
+    lp = LPIPSTerm(LpipsTermConfig(net="alex", weights="random", resolution=resolution))
     device, dtype = torch.device("cpu"), torch.float32
     vgg.prepare(device, dtype)
     lp.prepare(device, dtype)

@@ -40,8 +40,10 @@ def _cpu_identity() -> str:
 
 def build_directory() -> Path:
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), torch.__version__.encode(),
-                 sys.version.encode(), _cpu_identity().encode()):
+    # the source's path too: ninja's build file records it, so two checkouts sharing one folder
+    # would rebuild each other's kernel on every first use
+    for part in (SOURCE.read_bytes(), str(SOURCE.resolve()).encode(), " ".join(FLAGS).encode(),
+                 torch.__version__.encode(), sys.version.encode(), _cpu_identity().encode()):
         key.update(part)
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "triangulate_ai")
