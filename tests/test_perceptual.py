@@ -214,3 +214,23 @@ def test_images_too_small_for_a_network_are_refused_with_one_line():
     tiny = np.full((12, 12, 3), 0.5, np.float32)
     with pytest.raises(UserError, match=r"the LPIPS metric \(alex\) cannot score a 12x12 image"):
         Evaluator(tiny, LpipsConfig(net="alex", weights="random"), torch.device("cpu"))
+
+
+def test_cpu_networks_are_channels_last_and_match_the_default_layout():
+    """The layout is a speed choice only: the loss and its gradient agree with a contiguous
+    network to float rounding; without oneDNN the default layout is kept."""
+    cfg = VggTermConfig(weights="random", layers=["relu1_2", "relu2_2"])
+    target, pred = _image(5), _image(6).requires_grad_()
+    fast = VGGPerceptual(cfg)
+    net = fast.network(torch.device("cpu"), torch.float32)
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    loss = fast(pred, target)
+    (grad,) = torch.autograd.grad(loss.sum(), pred)
+    networks.clear_shared()
+    with torch.backends.mkldnn.flags(enabled=False):
+        plain = VGGPerceptual(cfg)
+        assert plain.network(torch.device("cpu"), torch.float32)[0].weight.is_contiguous()
+        want = plain(pred, target)
+        (want_grad,) = torch.autograd.grad(want.sum(), pred)
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=0)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-4, atol=1e-6)

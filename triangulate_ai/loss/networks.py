@@ -94,10 +94,13 @@ def shared(key: tuple, device: torch.device, dtype: torch.dtype, build: Callable
     """The network for `key` on (device, dtype), built by `build` on first use. On the CPU its
     convolution weights are stored channels-last, so oneDNN runs the convolutions in that layout
     (forward+backward of VGG16 + LPIPS 13% faster on 2 cores, bench/perceptual.py; same values up
-    to float rounding); GPUs keep the default layout."""
-    full_key = (*key, str(device), dtype)
+    to float rounding); GPUs, and CPUs with oneDNN switched off (whose fallback convolutions
+    then round differently per batch size), keep the default layout."""
+    onednn = torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available() and \
+        torch._C._get_mkldnn_enabled()
+    layout = torch.channels_last if onednn else torch.contiguous_format
+    full_key = (*key, str(device), dtype, layout)
     if full_key not in _SHARED:
-        layout = torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
         _SHARED[full_key] = freeze(build()).to(device=device, dtype=dtype, memory_format=layout)
     return _SHARED[full_key]
 
