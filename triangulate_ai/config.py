@@ -104,6 +104,13 @@ class LearningRates(Section):
     background: float = Field(0.01, ge=0)
 
 
+def adam_betas(betas: list[float]) -> list[float]:
+    """Adam's (beta1, beta2), each in [0, 1): shared by the fit's and the model's optimiser."""
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ValueError("betas must be two numbers in [0, 1)")
+    return betas
+
+
 class OptimConfig(Section):
     iterations: Optional[int] = Field(1000, ge=0)  # None: no step limit (then time_limit ends the run)
     time_limit: Optional[float] = Field(None, gt=0)  # seconds of the optimisation loop
@@ -120,9 +127,7 @@ class OptimConfig(Section):
     @field_validator("betas")
     @classmethod
     def _betas(cls, betas: list[float]) -> list[float]:
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError("betas must be two numbers in [0, 1)")
-        return betas
+        return adam_betas(betas)
 
 
 class TermConfig(Section):

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from ..config import Config, ScheduleConfig, Section, load_config
+from ..config import Config, ScheduleConfig, Section, adam_betas, load_config
 
 # Fit keys a model's training does not use: setting one is an error (see ModelRunConfig).
 FIT_ONLY = {
@@ -100,9 +100,7 @@ class TrainConfig(Section):
     @field_validator("betas")
     @classmethod
     def _betas(cls, betas: list[float]) -> list[float]:
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError("betas must be two numbers in [0, 1)")
-        return betas
+        return adam_betas(betas)
 
 
 class ModelScheduleConfig(ScheduleConfig):
