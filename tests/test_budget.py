@@ -178,6 +178,19 @@ def test_living_triangles_are_left_alone():
     assert torch.equal(triangles.positions.detach(), before)
 
 
+def test_min_share_moves_weak_triangles_relative_to_the_area_each_could_cover():
+    """The living triangle covers ~77 px² at opacity 0.7: alive for `min_contribution` 1, weak
+    once `min_share` asks for half the mean area per triangle (40 x 32 / 4 x 0.5 = 160 px)."""
+    moved = []
+    for share in (0.0, 0.5):
+        target, triangles = _blob_scene()
+        triangles.positions.data[0, 2] = torch.tensor([[0.6, 0.5], [0.9, 0.5], [0.7, 0.9]])
+        cfg = load_config(None, ["respawn.enabled=true", "triangles.count=4", f"respawn.min_share={share}"])
+        optimizer = torch.optim.Adam(triangles.param_groups(cfg.optim.lr.model_dump()))
+        moved += Densifier(cfg, triangles, [0])(triangles, optimizer, TiledRenderer(0.3), target, 0.1)
+    assert moved == [0, 1]
+
+
 def test_resume_after_a_respawn_event_matches_an_uninterrupted_run(tmp_path):
     extra = ["respawn.enabled=true", "respawn.every=7", "respawn.min_contribution=20", "checkpoint.every=10",
              "optim.iterations=30"]

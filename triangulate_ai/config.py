@@ -319,6 +319,7 @@ class RespawnConfig(Section):
     every: int = Field(50, ge=1)  # steps between respawn events
     until: float = Field(0.8, ge=0, le=1)  # no events after this share of the budget: the end refines
     min_contribution: float = Field(1.0, ge=0)  # pixel-equivalents a triangle's colour must reach to live
+    min_share: float = Field(0.0, ge=0, le=1)  # ... or this share of the mean area per triangle, if larger
     min_area: float = Field(0.5, ge=0)  # square pixels: smaller triangles are degenerate, respawned
     max_share: float = Field(0.1, gt=0, le=1)  # at most this share of the triangles per event
     size: float = Field(1.0, gt=0)  # new triangles' side, x sqrt(image area / triangle count)

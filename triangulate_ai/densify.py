@@ -1,14 +1,15 @@
 """Respawn and progressive placement: triangles that add nothing move to where the error is.
 
 A triangle is dead when its colour reaches fewer than `min_contribution` pixel-equivalents of
-the picture (sum over pixels of its compositing weight alpha x transmittance above it, which is
-d sum(image) / d colour: one extra backward pass measures it for every renderer), or when its
-area is below `min_area` square pixels. Dead triangles (and, in progressive mode, the next batch
-of parked ones) are placed where they remove most error (the best of `candidates` random
-triangles drawn around the blurred error map, with the colour that fills each best:
-placement.py), on top of the paint order, and with their Adam moments reset, as 3D Gaussian
-Splatting does when it densifies. This is part of the loop (it changes parameters between
-steps), and deterministic for a seed: its random generator travels in the checkpoint.
+the picture, or fewer than `min_share` of the mean area per triangle if that is more (the sum
+over pixels of its compositing weight alpha x transmittance above it, which is d sum(image) / d
+colour: one extra backward pass measures it for every renderer), or when its area is below
+`min_area` square pixels. Dead triangles (and, in progressive mode, the next batch of parked
+ones) are placed where they remove most error (the best of `candidates` random triangles drawn
+around the blurred error map, with the colour that fills each best: placement.py), on top of the
+paint order, and with their Adam moments reset, as 3D Gaussian Splatting does when it densifies.
+This is part of the loop (it changes parameters between steps), and deterministic for a seed:
+its random generator travels in the checkpoint.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class Densifier:
         with torch.no_grad():
             render, contribution = _render_with_contribution(triangles, renderer, height, width)
             area = _areas(triangles.positions.detach() * triangles.positions.new_tensor([width, height]))
+        # weak is relative to what a triangle could cover: the same share means more pixels when
+        # there are fewer triangles
+        threshold = max(self.respawn.min_contribution, self.respawn.min_share * height * width / triangles.count)
         slots = []
         for b in range(triangles.batch_size):
             chosen = []
@@ -69,7 +73,7 @@ class Densifier:
                 slots.append(torch.zeros(0, dtype=torch.long, device="cpu"))
                 continue
             if self.respawn.enabled and progress < self.respawn.until:
-                dead = ~self.parked[b] & ((contribution[b] < self.respawn.min_contribution)
+                dead = ~self.parked[b] & ((contribution[b] < threshold)
                                           | (area[b] < self.respawn.min_area)).cpu()
                 limit = max(1, int(self.respawn.max_share * triangles.count))
                 order = torch.argsort(contribution[b].cpu()[dead], stable=True)[:limit]
