@@ -118,6 +118,23 @@ def test_changed_settings_are_refused_naming_the_keys_and_old_results_stay(tmp_p
     assert {r["iterations"] for r in csv.DictReader(open(other / "results.csv"))} == {"20"}
 
 
+def test_a_key_added_after_a_run_counts_as_a_change_only_when_set_away_from_its_default(tmp_path, capsys):
+    """Runs made before the program grew a key (here respawn.candidates, deleted from their
+    config.yaml) did what the key's default does: they are reused; asking for another value is
+    a change."""
+    config = _ablation(tmp_path, "local")
+    assert main(["--config", str(config), "--seeds", "0"]) == 0
+    for path in (tmp_path / "out").glob("*/*/config.yaml"):
+        data = yaml.safe_load(path.read_text())
+        del data["respawn"]["candidates"]
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    capsys.readouterr()
+    assert main(["--config", str(config), "--seeds", "0"]) == 0
+    assert "already finished, 0 to run" in capsys.readouterr().out
+    assert main(["--config", str(config), "--seeds", "0", "--set", "respawn.candidates=8"]) == 2
+    assert "respawn.candidates: <absent> -> 8" in capsys.readouterr().err
+
+
 def test_command_line_cuts_the_grid_down(tmp_path, capsys):
     config = _ablation(tmp_path, "local")
     out = tmp_path / "cut"

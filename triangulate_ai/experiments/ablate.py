@@ -32,7 +32,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from ..cli import expand_images
-from ..config import CLI, Section, load_config, safe_load
+from ..config import CLI, Config, Section, load_config, safe_load
 from ..errors import UserError, program_name
 from ..io import write_atomic
 from ..stop import StopRequest
@@ -140,8 +140,11 @@ def config_changes(run: dict) -> list[str]:
     if status(Path(run["folder"])) == "todo" or not path.is_file():
         return []
     old, new = _flat(safe_load(path.read_text()) or {}), _flat(run["config"])
+    defaults = _flat(Config().dump())
+    # a key added to the program after the run was made, left at its default, is what the run did
     return [f"{key}: {old.get(key, '<absent>')} -> {new.get(key, '<absent>')}"
-            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)
+            and not (key not in old and key in defaults and new.get(key) == defaults[key])]
 
 
 def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
