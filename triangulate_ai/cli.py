@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .api import FitFailed, Job, Run, budget_values, check_folder, random_network_warnings
 from .config import Config, load_config
-from .errors import UserError, program_name
+from .errors import UserError, one_line_errors, program_name
 from .loop import Fitter
 from .io import TargetImage, expand_images, load_image, write_atomic
 from .progress import ProgressBar
@@ -59,11 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _train(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return one_line_errors(lambda: _train(args))
 
 
 def _train(args: argparse.Namespace) -> int:

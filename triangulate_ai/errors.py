@@ -6,6 +6,7 @@ fix is on the user's side and a traceback would only hide the one line that matt
 
 import os
 import sys
+from typing import Callable
 
 
 class UserError(Exception):
@@ -21,3 +22,12 @@ def program_name() -> str:
     if spec is not None and spec.name and not spec.name.endswith("__main__"):
         return f"python -m {spec.name}"
     return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "triangulate-fit"
+
+
+def one_line_errors(command: Callable[[], int]) -> int:
+    """Run a command; a UserError becomes its one line on stderr and its exit code."""
+    try:
+        return command()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ..api import check_folder, make_folder, random_network_warnings
-from ..errors import UserError, program_name
+from ..errors import UserError, one_line_errors, program_name
 from ..io import write_atomic
 from ..loop import resolve_device
 from ..metrics import Evaluator
@@ -49,11 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _train(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return one_line_errors(lambda: _train(args))
 
 
 def _config(args: argparse.Namespace) -> tuple[ModelRunConfig, Path]:
