@@ -135,6 +135,17 @@ def test_a_key_added_after_a_run_counts_as_a_change_only_when_set_away_from_its_
     assert "respawn.candidates: <absent> -> 8" in capsys.readouterr().err
 
 
+def test_a_folder_of_images_stands_for_the_images_it_holds(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    for i, name in enumerate(["b.png", "a.jpg"]):
+        Image.fromarray(smooth_image(32, 32, seed=i)).save(tmp_path / "imgs" / name)
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    config = _ablation(tmp_path, "local", images=("imgs",))
+    assert main(["--config", str(config), "--methods", "gm", "--seeds", "0"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
+    assert sorted((r["image"], r["status"]) for r in rows) == [("a", "ok"), ("b", "ok")]
+
+
 def test_command_line_cuts_the_grid_down(tmp_path, capsys):
     config = _ablation(tmp_path, "local")
     out = tmp_path / "cut"
