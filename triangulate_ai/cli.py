@@ -20,7 +20,7 @@ from .config import Config, load_config
 from .errors import UserError, one_line_errors, program_name
 from .loop import Fitter
 from .io import TargetImage, expand_images, load_image, write_atomic
-from .progress import ProgressBar
+from .progress import ProgressBar, print_warning
 from .run import CHECKPOINT
 from .stop import StopRequest
 
@@ -78,7 +78,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.seeds:
         args.overrides = [*args.overrides, f"seed={args.seeds[0]}"]
     cfg, folder = _config_and_folder(args)
-    run = Run(cfg, folder, resume=args.resume is not None, overwrite=args.overwrite, on_warning=_print_warning)
+    run = Run(cfg, folder, resume=args.resume is not None, overwrite=args.overwrite, on_warning=print_warning)
     for line in random_network_warnings(cfg):
         print(f"warning: {line}", file=sys.stderr)
     if run.note:
@@ -104,10 +104,6 @@ def _train(args: argparse.Namespace) -> int:
               f"continue with --resume {run.folder}")
         return EXIT_INTERRUPTED
     return 0
-
-
-def _print_warning(warning: dict) -> None:
-    tqdm.write(f"warning: step {warning['step']}: {warning['message']}", file=sys.stderr)
 
 
 def banner(cfg: Config, image: TargetImage, fitter: Fitter, device: torch.device, folder: Path,

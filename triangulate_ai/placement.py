@@ -79,7 +79,6 @@ def best_triangles(current: torch.Tensor, target: torch.Tensor, density: torch.T
         chosen_vertices.append(tris[best])
         chosen_colours.append(colours[best])
         where = flat[best][mask[best].bool()]
-        painted = picture.flatten(1)
+        painted = picture.view(3, -1)  # a view: painting it paints the picture
         painted[:, where] = opacity * colours[best][:, None] + (1 - opacity) * painted[:, where]
-        picture = painted.view_as(picture)
     return torch.stack(chosen_vertices), torch.stack(chosen_colours)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from tqdm import tqdm
 
 from .config import Config
@@ -24,3 +26,8 @@ class ProgressBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def print_warning(warning: dict) -> None:
+    """A recorder's warning sign as one stderr line that does not break the progress bar."""
+    tqdm.write(f"warning: step {warning['step']}: {warning['message']}", file=sys.stderr)

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import fcntl
+import functools
 import itertools
 import json
 import os
@@ -140,11 +141,17 @@ def config_changes(run: dict) -> list[str]:
     if status(Path(run["folder"])) == "todo" or not path.is_file():
         return []
     old, new = _flat(safe_load(path.read_text()) or {}), _flat(run["config"])
-    defaults = _flat(Config().dump())
+    defaults = _defaults()
     # a key added to the program after the run was made, left at its default, is what the run did
     return [f"{key}: {old.get(key, '<absent>')} -> {new.get(key, '<absent>')}"
             for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)
             and not (key not in old and key in defaults and new.get(key) == defaults[key])]
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    """Every config key at its default, flattened (built once: the check runs for every run)."""
+    return _flat(Config().dump())
 
 
 def _flat(data: dict, prefix: str = "") -> dict[str, Any]:

@@ -97,7 +97,7 @@ def shared(key: tuple, device: torch.device, dtype: torch.dtype, build: Callable
     to float rounding); GPUs, and CPUs with oneDNN switched off (whose fallback convolutions
     then round differently per batch size), keep the default layout."""
     onednn = torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available() and \
-        torch._C._get_mkldnn_enabled()
+        torch.backends.mkldnn.enabled
     layout = torch.channels_last if onednn else torch.contiguous_format
     full_key = (*key, str(device), dtype, layout)
     if full_key not in _SHARED:

@@ -21,6 +21,7 @@ from ..errors import UserError, one_line_errors, program_name
 from ..io import write_atomic
 from ..loop import resolve_device
 from ..metrics import Evaluator
+from ..progress import print_warning
 from ..run import CHECKPOINT
 from ..stop import StopRequest
 from .config import ModelRunConfig, load_model_config
@@ -104,7 +105,7 @@ def _train(args: argparse.Namespace) -> int:
         if note:
             print(note)
     write_atomic(folder / "config.yaml", cfg.to_yaml())
-    recorder = ModelRecorder(folder, cfg, trainer, split, crops, on_warning=_print_warning)
+    recorder = ModelRecorder(folder, cfg, trainer, split, crops, on_warning=print_warning)
     if state is not None:
         recorder.restore(state, trainer)
     for line in random_network_warnings(cfg):
@@ -134,10 +135,6 @@ def _train(args: argparse.Namespace) -> int:
               f"continue with --resume {folder}")
         return EXIT_INTERRUPTED
     return 0
-
-
-def _print_warning(warning: dict) -> None:
-    tqdm.write(f"warning: step {warning['step']}: {warning['message']}", file=sys.stderr)
 
 
 class _Progress:

@@ -40,6 +40,20 @@ class Renderer(ABC):
         return self.render(scene, height, width, return_alpha)
 
 
+class TiledBase(Renderer):
+    """A renderer that bins triangles to square tiles: every triangle is drawn on the tiles within
+    the radius past which its coverage falls below `cutoff` (binning.py)."""
+
+    def __init__(self, sigma: float = 0.5, tile_size: int = 8, cutoff: float = 1e-6) -> None:
+        super().__init__(sigma)
+        if tile_size < 1:
+            raise ValueError(f"tile_size must be >= 1, got {tile_size}")
+        if not 0 < cutoff < 0.5:
+            raise ValueError(f"cutoff must be in (0, 0.5), got {cutoff}")
+        self.tile_size = int(tile_size)
+        self.cutoff = float(cutoff)
+
+
 def pixel_centres(height: int, width: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(H*W,) x and y coordinates of pixel centres, row-major."""
     ys = torch.arange(height, device=device, dtype=dtype) + 0.5

@@ -20,7 +20,7 @@ import sys
 import torch
 
 from ..errors import UserError
-from .base import Renderer, support_radius
+from .base import TiledBase, support_radius
 from .kernels import KernelUnavailable, build_directory, fused_raster
 from .scene import Scene
 
@@ -53,17 +53,11 @@ class _FusedRaster(torch.autograd.Function):
         return (*grads, None, None, None, None, None)
 
 
-class FusedRenderer(Renderer):
+class FusedRenderer(TiledBase):
     name = "fused"
 
     def __init__(self, sigma: float = 0.5, tile_size: int = 8, cutoff: float = 1e-6) -> None:
-        super().__init__(sigma)
-        if tile_size < 1:
-            raise ValueError(f"tile_size must be >= 1, got {tile_size}")
-        if not 0 < cutoff < 0.5:
-            raise ValueError(f"cutoff must be in (0, 0.5), got {cutoff}")
-        self.tile_size = int(tile_size)
-        self.cutoff = float(cutoff)
+        super().__init__(sigma, tile_size, cutoff)
         reason = unavailable_reason()
         if reason is not None:
             raise UserError(f"render.backend = fused: the C++ kernel could not be built or loaded ({reason}); "

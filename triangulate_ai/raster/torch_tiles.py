@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import MAX_ALPHA, Renderer, support_radius
+from .base import MAX_ALPHA, TiledBase, support_radius
 from .binning import bin_triangles
 from .scene import Scene
 from .sdf import signed_distance
@@ -23,17 +23,8 @@ from .sdf import signed_distance
 BYTES_PER_PAIR_PIXEL = 265
 
 
-class TiledRenderer(Renderer):
+class TiledRenderer(TiledBase):
     name = "torch"
-
-    def __init__(self, sigma: float = 0.5, tile_size: int = 8, cutoff: float = 1e-6) -> None:
-        super().__init__(sigma)
-        if tile_size < 1:
-            raise ValueError(f"tile_size must be >= 1, got {tile_size}")
-        if not 0 < cutoff < 0.5:
-            raise ValueError(f"cutoff must be in (0, 0.5), got {cutoff}")
-        self.tile_size = int(tile_size)
-        self.cutoff = float(cutoff)
 
     def step_bytes(self, count, batch, height, width, tiles_per_triangle):
         return count * tiles_per_triangle * self.tile_size**2 * BYTES_PER_PAIR_PIXEL

@@ -19,7 +19,7 @@ from types import ModuleType
 import torch
 
 from ..errors import UserError
-from .base import Renderer, support_radius
+from .base import TiledBase, support_radius
 from .binning import bin_triangles
 from .scene import Scene
 
@@ -101,17 +101,11 @@ class _Raster(torch.autograd.Function):
                 grads[:, 15].reshape(batch, count), grad_background, None, None, None, None, None)
 
 
-class TritonRenderer(Renderer):
+class TritonRenderer(TiledBase):
     name = "triton"
 
     def __init__(self, sigma: float = 0.5, tile_size: int = 8, cutoff: float = 1e-6) -> None:
-        super().__init__(sigma)
-        if tile_size < 1:
-            raise ValueError(f"tile_size must be >= 1, got {tile_size}")
-        if not 0 < cutoff < 0.5:
-            raise ValueError(f"cutoff must be in (0, 0.5), got {cutoff}")
-        self.tile_size = int(tile_size)
-        self.cutoff = float(cutoff)
+        super().__init__(sigma, tile_size, cutoff)
         self.kernels = _load_kernels()
 
     def step_bytes(self, count, batch, height, width, tiles_per_triangle):
