@@ -169,3 +169,22 @@ def test_a_short_fit_matches_the_tiled_renderer():
         assert fitter.renderer.name == backend
         losses[backend] = [fitter.train_step().losses["l1"][0] for _ in range(15)]
     assert losses["fused"] == pytest.approx(losses["torch"], rel=1e-3)
+
+
+def test_a_backward_that_computes_the_coverage_again_gives_the_same_gradients():
+    # past 1 GiB the forward keeps only the bins and the backward works out coverage and live blocks again
+    from triangulate_ai.raster.base import support_radius
+    from triangulate_ai.raster.kernels import fused_raster
+
+    scene = make_scene(batch=2, count=40, seed=6, dtype=torch.float32)
+    inputs = [scene.to_pixels(33, 47).contiguous(), *(t.contiguous() for t in scene[1:])]
+    weight = _weight(scene, 33, 47)
+    settings = (33, 47, 0.3, 8)
+    grow = support_radius(0.3, 1e-6)
+    results = []
+    for keep in (True, False):
+        image, alpha, *bins = fused_raster().forward(*inputs, *settings, grow, keep)
+        assert (bins[-2].numel() > 0) == keep  # the coverage
+        results.append((image, fused_raster().backward(*inputs, *bins, weight, alpha, *settings, grow)))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))

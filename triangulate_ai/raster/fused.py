@@ -1,13 +1,14 @@
 """Fused CPU soft rasterizer: one C++ kernel per direction instead of an autograd graph.
 
-Same model, painter's order and binning margin as the tiled renderer, but the forward keeps no
-per-(pixel, triangle) tensors: the kernel (kernels/fused_raster.cpp, OpenMP over tiles) bins
-triangles to tiles, composites each tile's list and returns the image, the alpha and the bins.
-Only the inputs and the bins are saved, not even the final transmittance: the backward recomputes
-alphas and transmittances per tile, top-down into a per-thread buffer, then walks bottom-up with
-the colour behind each triangle (no division by 1 - alpha, so opaque triangles are exact),
-writing each (tile, triangle) gradient to its own slot and summing the slots in a fixed order:
-results do not depend on the thread count. CPU tensors only; float32 and float64.
+Same model, painter's order and binning margin as the tiled renderer. The kernel
+(kernels/fused_raster.cpp, OpenMP over tiles) bins triangles to tiles and evaluates each
+(tile, triangle) pair only on the blocks of pixels within the support radius of the triangle.
+The forward keeps, for the backward, the bins, each pair's coverage of its tile and which blocks
+it reaches (4 bytes per pair and pixel; past 1 GiB it keeps only the bins and the backward
+computes the coverage again). The backward walks each tile top-down for the transmittances,
+bottom-up with the colour behind each triangle (no division by 1 - alpha, so opaque triangles are
+exact), writing each (tile, triangle) gradient to its own slot and summing the slots in a fixed
+order: results do not depend on the thread count. CPU tensors only; float32 and float64.
 
     python -m triangulate_ai.raster.fused --build    # compile into the cache now (make does this)
 """
@@ -41,9 +42,10 @@ class _FusedRaster(torch.autograd.Function):
     def forward(ctx, verts, colors, opacity, background, height: int, width: int, sigma: float, tile: int,
                 grow: float):
         inputs = [t.contiguous() for t in (verts, colors, opacity, background)]
-        image, alpha, *bins = fused_raster().forward(*inputs, height, width, sigma, tile, grow)
+        keep = any(ctx.needs_input_grad[:4])  # the coverage, for the backward (not kept past 1 GiB)
+        image, alpha, *bins = fused_raster().forward(*inputs, height, width, sigma, tile, grow, keep)
         ctx.save_for_backward(*inputs, *bins)
-        ctx.settings = (height, width, sigma, tile)
+        ctx.settings = (height, width, sigma, tile, grow)
         ctx.set_materialize_grads(False)  # an unused alpha gives None, not a tensor of zeros
         return image, alpha
 
@@ -64,9 +66,10 @@ class FusedRenderer(TiledBase):
                             "use render.backend=torch")
 
     def step_bytes(self, count, batch, height, width, tiles_per_triangle):
-        """Per (tile, triangle) pair its list entry and gradient slot; per pixel the image, the
-        alpha and their gradients (float32); no per-(pixel, triangle) memory at all."""
-        return count * tiles_per_triangle * (12 * 4 + 8) + batch * height * width * 8 * 4
+        """Per (tile, triangle) pair its list entry, gradient slot, kept coverage and live blocks;
+        per pixel the image, the alpha and their gradients (float32)."""
+        pair = 12 * 4 + 8 + self.tile_size**2 * (4 + 1 / 16)
+        return count * tiles_per_triangle * pair + batch * height * width * 8 * 4
 
     def render(self, scene: Scene, height: int, width: int, return_alpha: bool = False):
         if scene.vertices.device.type != "cpu":

@@ -21,7 +21,7 @@ from types import ModuleType
 import torch
 
 SOURCE = Path(__file__).with_name("fused_raster.cpp")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
+FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
 
 
 class KernelUnavailable(RuntimeError):

@@ -5,14 +5,18 @@
 // composited "over" in painter's order (triangle T-1 on top) over the background.
 //
 // Layout: every triangle is binned to the tiles its bounding box, grown by `grow` pixels, touches
-// (one list per tile and scene, in painter's order, built by a counting sort). The forward walks
-// each tile's list once, per tile a SIMD loop over its pixels, and keeps no per-(pixel, triangle)
-// state. The backward recomputes per tile: a top-down pass stores coverage and the transmittance
-// above each triangle in a thread-local buffer (list length x tile pixels), then a bottom-up pass
-// rebuilds the colour behind each triangle, B_{k+1} = a_k c_k + (1 - a_k) B_k, and uses
-// dC/da_k = T_k (c_k - B_k). No division by (1 - a), so fully opaque triangles are exact.
-// Each (tile, triangle) pair writes its gradient to its own slot; slots are summed per triangle
-// in a fixed order, so results do not depend on the number of threads or their schedule.
+// (one list per tile and scene, in painter's order, built by a counting sort). Within a tile the
+// pixels run in blocks of kLanes (one SIMD vector); a (tile, triangle) pair covers only the blocks
+// within `grow` of the triangle (its "live" blocks, a cheaper cut than the pixels' own: the others
+// get coverage below the cutoff), and a tile's work is a flat list of (pair, live block) items.
+// The forward computes every item's coverage (independent work), then composites the items in
+// list order; it keeps the coverage and the live blocks for the backward (unless they would pass
+// kKeptBytes; the backward then works them out again). The backward, per tile: a top-down pass
+// gives the transmittance above each triangle, a bottom-up pass rebuilds the colour behind each
+// triangle, B_{k+1} = a_k c_k + (1 - a_k) B_k, and dC/da_k = T_k (c_k - B_k) (no division by
+// 1 - a, so fully opaque triangles are exact), and a last independent pass takes the distance's
+// gradients. Each (tile, triangle) pair writes its gradient to its own slot; slots are summed per
+// triangle in a fixed order, so results do not depend on the number of threads or their schedule.
 
 #include <torch/extension.h>
 
@@ -27,7 +31,8 @@
 namespace {
 
 constexpr int kGrads = 10;  // per pair: 3 vertices x (x, y), 3 colour channels, opacity
-constexpr int kLanes = 8;   // pixel loops run in blocks of this many: a tile's pixels are padded to a multiple
+constexpr int kLanes = 16;  // pixel loops run in blocks of this many: a tile's pixels are padded to a multiple
+constexpr int64_t kKeptBytes = int64_t(1) << 30;  // largest coverage the forward keeps for the backward
 
 // exp(x) for x <= 0, vectorisable (no libm call, no branch): Cody-Waite range reduction, Taylor
 // polynomial, 2^-n from the exponent bits. Arguments are clamped at kLow, where n reaches the bias
@@ -153,6 +158,113 @@ inline VertexGrad<T> signed_distance_grad(const Tri<T>& tri, T px, T py) {
           s1 * ny[1] + f0 * ny[0], s2 * nx[2] + f1 * nx[1], s2 * ny[2] + f1 * ny[1]};
 }
 
+// What decides which pixel blocks of a tile a triangle can reach: its bounding box grown by the
+// support radius, and per edge the line through it as n . p + off, the distance from the line,
+// positive on the triangle's side. An edge without length, or a triangle without area, gives
+// n = 0 and off = +inf: a line no block lies beyond.
+template <typename T>
+struct Reach {
+  T lo_x, hi_x, lo_y, hi_y;
+  T nx[3], ny[3], off[3];
+};
+
+template <typename T>
+std::vector<Reach<T>> reaches(const at::Tensor& verts, T grow) {
+  const int64_t n = verts.numel() / 6;
+  const T* v = verts.data_ptr<T>();
+  std::vector<Reach<T>> out(n);
+  for (int64_t f = 0; f < n; ++f) {
+    const T* p = v + f * 6;
+    Reach<T>& r = out[f];
+    r.lo_x = std::min({p[0], p[2], p[4]}) - grow;
+    r.hi_x = std::max({p[0], p[2], p[4]}) + grow;
+    r.lo_y = std::min({p[1], p[3], p[5]}) - grow;
+    r.hi_y = std::max({p[1], p[3], p[5]}) + grow;
+    const T area = (p[2] - p[0]) * (p[5] - p[1]) - (p[3] - p[1]) * (p[4] - p[0]);
+    for (int k = 0; k < 3; ++k) {
+      const int j = (k + 1) % 3;
+      const T ex = p[2 * j] - p[2 * k], ey = p[2 * j + 1] - p[2 * k + 1];
+      const T len = std::sqrt(ex * ex + ey * ey);
+      // inside, (ex * wy - ey * wx) * area >= 0 for w = point - vertex k
+      const T scale = area > T(0) ? T(1) / len : T(-1) / len;
+      const bool line = area != T(0) && std::isfinite(area) && len > T(1e-6) && std::isfinite(scale);
+      r.nx[k] = line ? -ey * scale : T(0);
+      r.ny[k] = line ? ex * scale : T(0);
+      r.off[k] = line ? -(r.nx[k] * p[2 * k] + r.ny[k] * p[2 * k + 1]) : std::numeric_limits<T>::infinity();
+    }
+  }
+  return out;
+}
+
+// The rectangles of pixel centres of a tile's blocks, relative to the tile's corner.
+template <typename T>
+struct Blocks {
+  std::vector<T> x0, x1, y0, y1;
+  Blocks(int64_t tile, int64_t count) : x0(count), x1(count), y0(count), y1(count) {
+    tile_x1 = static_cast<T>(tile - 1) + T(0.5);
+    for (int64_t b = 0; b < count; ++b) {
+      const int64_t first = b * kLanes, last = first + kLanes - 1;
+      const int64_t r0 = first / tile, r1 = last / tile;
+      x0[b] = static_cast<T>(r0 == r1 ? first % tile : 0) + T(0.5);
+      x1[b] = static_cast<T>(r0 == r1 ? last % tile : tile - 1) + T(0.5);
+      y0[b] = static_cast<T>(r0) + T(0.5);
+      y1[b] = static_cast<T>(r1) + T(0.5);
+    }
+  }
+  int64_t size() const { return static_cast<int64_t>(x0.size()); }
+  T tile_x1 = 0;  // the tile's last pixel centre column
+};
+
+// The blocks of the tile with corner (x0, y0) that hold a pixel within `grow` of the triangle,
+// appended as items (entry j, block) at entry/block; returns how many. A block is left out only
+// when it lies wholly outside the grown box or wholly beyond `grow` from one edge's line, where
+// every pixel's coverage is below the cutoff (as outside the bins). The whole tile is tried first:
+// often it is all out or all in. NaN fails every test, so a triangle with NaN corners reaches
+// every block and its NaN shows.
+template <typename T>
+int64_t live_blocks(const Reach<T>& r, T x0, T y0, T grow, const Blocks<T>& bl, int32_t j, int32_t* __restrict entry,
+                    int32_t* __restrict block) {
+  const T limit = -grow - T(1e-3);  // a rounding margin: never drop a pixel at the bin margin
+  const int64_t nb = bl.size();
+  const T tx0 = x0 + bl.x0[0], tx1 = x0 + bl.tile_x1, ty0 = y0 + bl.y0[0], ty1 = y0 + bl.y1[nb - 1];
+  bool dead = (tx1 < r.lo_x) | (tx0 > r.hi_x) | (ty1 < r.lo_y) | (ty0 > r.hi_y);
+  bool all = (tx0 >= r.lo_x) & (tx1 <= r.hi_x) & (ty0 >= r.lo_y) & (ty1 <= r.hi_y);
+  for (int k = 0; k < 3; ++k) {
+    const T far = r.nx[k] * (r.nx[k] > T(0) ? tx1 : tx0) + r.ny[k] * (r.ny[k] > T(0) ? ty1 : ty0) + r.off[k];
+    const T near = r.nx[k] * (r.nx[k] > T(0) ? tx0 : tx1) + r.ny[k] * (r.ny[k] > T(0) ? ty0 : ty1) + r.off[k];
+    dead |= far < limit;
+    all &= near >= limit;
+  }
+  if (dead) return 0;
+  if (all) {
+    for (int64_t b = 0; b < nb; ++b) {
+      entry[b] = j;
+      block[b] = static_cast<int32_t>(b);
+    }
+    return nb;
+  }
+  // per edge, the block corner farthest along n, as an offset from the tile corner
+  const T* far_x[3];
+  const T* far_y[3];
+  T base[3];
+  for (int k = 0; k < 3; ++k) {
+    far_x[k] = r.nx[k] > T(0) ? bl.x1.data() : bl.x0.data();
+    far_y[k] = r.ny[k] > T(0) ? bl.y1.data() : bl.y0.data();
+    base[k] = r.nx[k] * x0 + r.ny[k] * y0 + r.off[k];
+  }
+  int64_t count = 0;
+  for (int64_t b = 0; b < nb; ++b) {  // bitwise, not short-circuit: no data-dependent branch
+    bool out = (x0 + bl.x1[b] < r.lo_x) | (x0 + bl.x0[b] > r.hi_x) | (y0 + bl.y1[b] < r.lo_y) |
+               (y0 + bl.y0[b] > r.hi_y);
+#pragma GCC unroll 3
+    for (int k = 0; k < 3; ++k) out |= base[k] + r.nx[k] * far_x[k][b] + r.ny[k] * far_y[k][b] < limit;
+    entry[count] = j;  // written always, kept only when live
+    block[count] = static_cast<int32_t>(b);
+    count += !out;
+  }
+  return count;
+}
+
 template <typename T>
 std::vector<Tri<T>> prepare(const at::Tensor& verts, const at::Tensor& colors, const at::Tensor& opacity) {
   const int64_t n = opacity.numel();
@@ -251,64 +363,107 @@ std::vector<at::Tensor> bin(const at::Tensor& verts, const Grid& g, double grow)
 }
 
 // Pixel centres of a tile and their flat index in the image, -1 for pixels outside it (border
-// tiles are cut) and for the padding.
+// tiles are cut) and for the padding (padding pixels fall below the tile). local_x, local_y: each
+// pixel's column and row in the tile, computed once.
 template <typename T>
-void tile_pixels(const Grid& g, int64_t tile_in_image, T* px, T* py, int64_t* index) {
+void tile_pixels(const Grid& g, int64_t tile_in_image, const int64_t* local_x, const int64_t* local_y, T* px, T* py,
+                 int64_t* index) {
   const int64_t x0 = (tile_in_image % g.n_tx) * g.tile, y0 = (tile_in_image / g.n_tx) * g.tile;
+  const int64_t rows = std::min(g.tile, g.height - y0);  // real rows: padding starts below them
   for (int64_t p = 0; p < g.pixels(); ++p) {
-    const int64_t x = x0 + p % g.tile, y = y0 + p / g.tile;  // padding pixels fall below the tile
+    const int64_t x = x0 + local_x[p], y = y0 + local_y[p];
     px[p] = static_cast<T>(x) + T(0.5);
     py[p] = static_cast<T>(y) + T(0.5);
-    index[p] = (x < g.width && y < g.height && p < g.tile * g.tile) ? y * g.width + x : -1;
+    index[p] = (x < g.width && local_y[p] < rows) ? y * g.width + x : -1;
   }
 }
 
-// The per-(tile, triangle) loops over a tile's pixels. Kept out of line with restrict pointers and
-// the triangle passed by value, so the compiler can prove nothing aliases and vectorises them.
+// Column and row in the tile of each of its (padded) pixels.
+inline std::vector<int64_t> tile_locals(const Grid& g, bool rows) {
+  std::vector<int64_t> out(g.pixels());
+  for (int64_t p = 0; p < g.pixels(); ++p) out[p] = rows ? p / g.tile : p % g.tile;
+  return out;
+}
 
-// Paints one triangle over the tile: colour over what lies below, transmittance times (1 - a).
+// A tile's work as a flat list of items, one per (list entry, live block), in list order (bottom
+// to top) and block order within an entry. The sweeps below run over items, not over entries and
+// then blocks: one loop with a predictable branch, whose iterations are independent where the
+// maths allows, so the long dependency chains of distance, exp and division overlap instead of
+// stalling on a mispredicted loop exit at every entry.
+struct Items {
+  std::vector<int32_t> entry, block;  // entry: position in the tile's list; block: pixel block of the tile
+  int64_t count = 0;
+  int64_t size() const { return count; }
+};
+
+// Coverage of each item's pixels: cov(j, p) for entry j (rows of P), independent per item.
 template <typename T>
-__attribute__((noinline)) void paint(const Tri<T> tri, int64_t P, T inv_sigma, const T* __restrict px,
-                                     const T* __restrict py, T* __restrict c0, T* __restrict c1,
-                                     T* __restrict c2, T* __restrict tr) {
+__attribute__((noinline)) void cover(const Tri<T>* __restrict tris, const int32_t* __restrict ids,
+                                     const Items& it, int64_t P, T inv_sigma, const T* __restrict px,
+                                     const T* __restrict py, T* __restrict cov) {
+  const int32_t* __restrict entry = it.entry.data();
+  const int32_t* __restrict block = it.block.data();
+  for (int64_t i = 0; i < it.size(); ++i) {
+    const Tri<T> tri = tris[ids[entry[i]]];
+    const int64_t p0 = int64_t(block[i]) * kLanes;
+    T* __restrict c = cov + entry[i] * P;
 #pragma omp simd
-  for (int64_t p = 0; p < P; ++p) {
-    const T a = tri.op * sigmoid(signed_distance(tri, px[p], py[p]) * inv_sigma);
-    c0[p] = a * tri.c[0] + (T(1) - a) * c0[p];
-    c1[p] = a * tri.c[1] + (T(1) - a) * c1[p];
-    c2[p] = a * tri.c[2] + (T(1) - a) * c2[p];
-    tr[p] *= T(1) - a;
+    for (int64_t p = p0; p < p0 + kLanes; ++p) c[p] = sigmoid(signed_distance(tri, px[p], py[p]) * inv_sigma);
   }
 }
 
-// Backward, top-down: stores the triangle's coverage and the transmittance above it.
+// Forward compositing in item order: colour over what lies below, transmittance times (1 - a).
 template <typename T>
-__attribute__((noinline)) void record(const Tri<T> tri, int64_t P, T inv_sigma, const T* __restrict px,
-                                      const T* __restrict py, T* __restrict cov, T* __restrict above,
-                                      T* __restrict tr) {
+__attribute__((noinline)) void composite(const Tri<T>* __restrict tris, const int32_t* __restrict ids,
+                                         const Items& it, int64_t P, const T* __restrict cov, T* __restrict c0,
+                                         T* __restrict c1, T* __restrict c2, T* __restrict tr) {
+  for (int64_t i = 0; i < it.size(); ++i) {
+    const Tri<T>& tri = tris[ids[it.entry[i]]];
+    const T op = tri.op, r = tri.c[0], g = tri.c[1], b = tri.c[2];
+    const int64_t p0 = int64_t(it.block[i]) * kLanes;
+    const T* __restrict s = cov + it.entry[i] * P;
 #pragma omp simd
-  for (int64_t p = 0; p < P; ++p) {
-    const T s = sigmoid(signed_distance(tri, px[p], py[p]) * inv_sigma);
-    cov[p] = s;
-    above[p] = tr[p];
-    tr[p] *= T(1) - tri.op * s;
+    for (int64_t p = p0; p < p0 + kLanes; ++p) {
+      const T a = op * s[p];
+      c0[p] = a * r + (T(1) - a) * c0[p];
+      c1[p] = a * g + (T(1) - a) * c1[p];
+      c2[p] = a * b + (T(1) - a) * c2[p];
+      tr[p] *= T(1) - a;
+    }
+  }
+}
+
+// Backward, top-down (items in reverse): the transmittance above each triangle, then below it.
+template <typename T>
+__attribute__((noinline)) void shade(const Tri<T>* __restrict tris, const int32_t* __restrict ids, const Items& it,
+                                     int64_t P, const T* __restrict cov, T* __restrict above, T* __restrict tr) {
+  for (int64_t i = it.size() - 1; i >= 0; --i) {
+    const T op = tris[ids[it.entry[i]]].op;
+    const int64_t p0 = int64_t(it.block[i]) * kLanes, row = it.entry[i] * P;
+#pragma omp simd
+    for (int64_t p = p0; p < p0 + kLanes; ++p) {
+      above[row + p] = tr[p];
+      tr[p] *= T(1) - op * cov[row + p];
+    }
   }
 }
 
 // Per-pixel state of the bottom-up backward pass over a tile.
 template <typename T>
 struct Behind {
-  const T *px, *py, *g0, *g1, *g2, *ga;  // pixel centres, dL/d(colour), dL/d(alpha)
-  T *b0, *b1, *b2, *below;               // colour behind the current triangle, transmittance below it
+  const T *g0, *g1, *g2, *ga;  // dL/d(colour), dL/d(alpha)
+  T *b0, *b1, *b2, *below;     // colour behind the current triangle, transmittance below it
 };
 
-// Backward, bottom-up: the triangle's gradients summed over the tile (written to out[kGrads]),
-// then the colour behind and transmittance below advanced past it.
+// Backward, bottom-up (items in order), the sequential part: per item pixel dL/da (in place of the
+// transmittance above, which it no longer needs) and the weight T_above a of the triangle's colour,
+// then the colour behind and the transmittance below advanced past the triangle.
+// dL/da = T_above (g . (c - B) + g_alpha T_below): the image is T_above (a c + (1 - a) B) + ... and
+// the alpha 1 - T_above (1 - a) T_below.
 template <typename T>
-__attribute__((noinline)) void accumulate(const Tri<T> tri, int64_t P, T inv_sigma, const T* __restrict cov,
-                                          const T* __restrict above, Behind<T> st, T* __restrict out) {
-  const T* __restrict px = st.px;
-  const T* __restrict py = st.py;
+__attribute__((noinline)) void settle(const Tri<T>* __restrict tris, const int32_t* __restrict ids, const Items& it,
+                                      int64_t P, const T* __restrict cov, T* __restrict above_to_da,
+                                      T* __restrict weight, Behind<T> st) {
   const T* __restrict g0 = st.g0;
   const T* __restrict g1 = st.g1;
   const T* __restrict g2 = st.g2;
@@ -317,41 +472,54 @@ __attribute__((noinline)) void accumulate(const Tri<T> tri, int64_t P, T inv_sig
   T* __restrict b1 = st.b1;
   T* __restrict b2 = st.b2;
   T* __restrict below = st.below;
-  // Per-lane partial sums, added in a fixed order at the end (a simd reduction clause would also
-  // do, but GCC does not vectorise this loop with one).
-  T acc[kGrads][kLanes] = {};
-  for (int64_t p0 = 0; p0 < P; p0 += kLanes) {
+  for (int64_t i = 0; i < it.size(); ++i) {
+    const Tri<T>& tri = tris[ids[it.entry[i]]];
+    const T op = tri.op, r = tri.c[0], g = tri.c[1], b = tri.c[2];
+    const int64_t p0 = int64_t(it.block[i]) * kLanes, row = it.entry[i] * P;
 #pragma omp simd
-    for (int l = 0; l < kLanes; ++l) {
-      const int64_t p = p0 + l;
-      const T s = cov[p], t_above = above[p], a = tri.op * s;
-      // dL/da = T_above (g . (c - B) + g_alpha T_below): the image is T_above (a c + (1 - a) B) + ...
-      // and the alpha 1 - T_above (1 - a) T_below.
-      const T d_a = t_above * (g0[p] * (tri.c[0] - b0[p]) + g1[p] * (tri.c[1] - b1[p]) +
-                               g2[p] * (tri.c[2] - b2[p]) + ga[p] * below[p]);
-      const T w = t_above * a;
-      const VertexGrad<T> vg = signed_distance_grad(tri, px[p], py[p]);
-      const T d_sd = d_a * tri.op * s * (T(1) - s) * inv_sigma;
-      acc[0][l] += d_sd * vg.x0;
-      acc[1][l] += d_sd * vg.y0;
-      acc[2][l] += d_sd * vg.x1;
-      acc[3][l] += d_sd * vg.y1;
-      acc[4][l] += d_sd * vg.x2;
-      acc[5][l] += d_sd * vg.y2;
-      acc[6][l] += w * g0[p];
-      acc[7][l] += w * g1[p];
-      acc[8][l] += w * g2[p];
-      acc[9][l] += d_a * s;
-      b0[p] = a * tri.c[0] + (T(1) - a) * b0[p];
-      b1[p] = a * tri.c[1] + (T(1) - a) * b1[p];
-      b2[p] = a * tri.c[2] + (T(1) - a) * b2[p];
+    for (int64_t p = p0; p < p0 + kLanes; ++p) {
+      const T a = op * cov[row + p], t_above = above_to_da[row + p];
+      weight[row + p] = t_above * a;
+      const T d_a = t_above * (g0[p] * (r - b0[p]) + g1[p] * (g - b1[p]) + g2[p] * (b - b2[p]) +
+                                            ga[p] * below[p]);
+      above_to_da[row + p] = d_a;
+      b0[p] = a * r + (T(1) - a) * b0[p];
+      b1[p] = a * g + (T(1) - a) * b1[p];
+      b2[p] = a * b + (T(1) - a) * b2[p];
       below[p] *= T(1) - a;
     }
   }
-  for (int i = 0; i < kGrads; ++i) {
-    T sum = 0;
-    for (int l = 0; l < kLanes; ++l) sum += acc[i][l];
-    out[i] = sum;
+}
+
+// Backward, the independent part: each item's gradients as per-lane partial sums, added into its
+// entry's (kGrads, kLanes) accumulator (an entry's items come in block order: a fixed order).
+template <typename T>
+__attribute__((noinline)) void gradients(const Tri<T>* __restrict tris, const int32_t* __restrict ids,
+                                         const Items& it, int64_t P, T inv_sigma, const T* __restrict px,
+                                         const T* __restrict py, const T* __restrict g0, const T* __restrict g1,
+                                         const T* __restrict g2, const T* __restrict cov, const T* __restrict weight,
+                                         const T* __restrict d_alpha, T* __restrict acc) {
+  for (int64_t i = 0; i < it.size(); ++i) {
+    const Tri<T> tri = tris[ids[it.entry[i]]];
+    const int64_t p0 = int64_t(it.block[i]) * kLanes, row = it.entry[i] * P;
+    T* __restrict out = acc + it.entry[i] * (kGrads * kLanes);
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const int64_t p = p0 + l;
+      const T s = cov[row + p], d_a = d_alpha[row + p], w = weight[row + p];
+      const VertexGrad<T> vg = signed_distance_grad(tri, px[p], py[p]);
+      const T d_sd = d_a * tri.op * s * (T(1) - s) * inv_sigma;
+      out[0 * kLanes + l] += d_sd * vg.x0;
+      out[1 * kLanes + l] += d_sd * vg.y0;
+      out[2 * kLanes + l] += d_sd * vg.x1;
+      out[3 * kLanes + l] += d_sd * vg.y1;
+      out[4 * kLanes + l] += d_sd * vg.x2;
+      out[5 * kLanes + l] += d_sd * vg.y2;
+      out[6 * kLanes + l] += w * g0[p];
+      out[7 * kLanes + l] += w * g1[p];
+      out[8 * kLanes + l] += w * g2[p];
+      out[9 * kLanes + l] += d_a * s;
+    }
   }
 }
 
@@ -365,26 +533,80 @@ struct Scratch {
   T* row(int i) { return rows.data() + i * P; }
 };
 
+// What both directions need to walk a tile's list: the triangles, the tile bins and which blocks
+// of a tile each triangle reaches.
 template <typename T>
-void forward_kernel(const Grid& g, const std::vector<Tri<T>>& tris, const int64_t* offsets, const int32_t* ids,
-                    const T* background, T sigma, T* image, T* alpha) {
+struct Walk {
+  const Grid& g;
+  const std::vector<Tri<T>>& tris;
+  const std::vector<Reach<T>>& reach;
+  Blocks<T> rects;
+  const int64_t* offsets;
+  const int32_t* ids;
+  T grow;
+
+  // The items of tile `tile`: every live block of every entry of its list, in list order. Read from
+  // `kept` (one byte per list entry and block, as the forward wrote them) when given, else worked
+  // out and, when `keep` is given, written there.
+  void items(int64_t tile, Items& it, const uint8_t* kept, uint8_t* keep) const {
+    const int64_t in_image = tile % g.per_image(), start = offsets[tile], len = offsets[tile + 1] - start;
+    const int64_t nb = rects.size();
+    it.entry.resize(len * nb);
+    it.block.resize(len * nb);
+    int32_t* entry = it.entry.data();
+    int32_t* block = it.block.data();
+    int64_t n = 0;
+    if (kept) {
+      const uint8_t* f = kept + start * nb;
+      for (int64_t j = 0; j < len; ++j)
+        for (int64_t b = 0; b < nb; ++b) {
+          entry[n] = static_cast<int32_t>(j);
+          block[n] = static_cast<int32_t>(b);
+          n += f[j * nb + b];
+        }
+    } else {
+      const T x0 = static_cast<T>((in_image % g.n_tx) * g.tile), y0 = static_cast<T>((in_image / g.n_tx) * g.tile);
+      for (int64_t j = 0; j < len; ++j)
+        n += live_blocks(reach[ids[start + j]], x0, y0, grow, rects, static_cast<int32_t>(j), entry + n, block + n);
+      if (keep) {
+        uint8_t* f = keep + start * nb;
+        std::fill(f, f + len * nb, uint8_t(0));
+        for (int64_t i = 0; i < n; ++i) f[entry[i] * nb + block[i]] = 1;
+      }
+    }
+    it.count = n;
+  }
+};
+
+// cov: (pairs, P) coverage per list entry and live: (pairs, blocks) its live blocks, both kept for
+// the backward, or both null.
+template <typename T>
+void forward_kernel(const Walk<T>& w, const T* background, T sigma, T* image, T* alpha, T* cov, uint8_t* live) {
+  const Grid& g = w.g;
   const int64_t P = g.pixels(), HW = g.height * g.width;
   const T inv_sigma = T(1) / sigma;
+  const std::vector<int64_t> local_x = tile_locals(g, false), local_y = tile_locals(g, true);
 #pragma omp parallel num_threads(at::get_num_threads())
   {
     Scratch<T> sc(6, P);
     T *px = sc.row(0), *py = sc.row(1), *c0 = sc.row(2), *c1 = sc.row(3), *c2 = sc.row(4), *tr = sc.row(5);
+    Items it;
+    std::vector<T> cov_buf;  // this tile's coverage when it is not kept
 #pragma omp for schedule(dynamic, 1)
     for (int64_t tile = 0; tile < g.tiles(); ++tile) {
-      const int64_t b = tile / g.per_image();
-      tile_pixels(g, tile % g.per_image(), px, py, sc.index.data());
+      const int64_t b = tile / g.per_image(), start = w.offsets[tile], len = w.offsets[tile + 1] - start;
+      tile_pixels(g, tile % g.per_image(), local_x.data(), local_y.data(), px, py, sc.index.data());
+      w.items(tile, it, nullptr, live);
+      if (!cov) cov_buf.resize(len * P);
+      T* tile_cov = cov ? cov + start * P : cov_buf.data();
+      const int32_t* ids = w.ids + start;
+      cover(w.tris.data(), ids, it, P, inv_sigma, px, py, tile_cov);
       const T* bg = background + b * 3;
       std::fill(c0, c0 + P, bg[0]);
       std::fill(c1, c1 + P, bg[1]);
       std::fill(c2, c2 + P, bg[2]);
       std::fill(tr, tr + P, T(1));
-      for (int64_t k = offsets[tile]; k < offsets[tile + 1]; ++k)  // bottom to top
-        paint(tris[ids[k]], P, inv_sigma, px, py, c0, c1, c2, tr);
+      composite(w.tris.data(), ids, it, P, tile_cov, c0, c1, c2, tr);
       for (int64_t p = 0; p < P; ++p) {
         const int64_t i = sc.index[p];
         if (i < 0) continue;
@@ -398,36 +620,47 @@ void forward_kernel(const Grid& g, const std::vector<Tri<T>>& tris, const int64_
   }
 }
 
+// saved, live: the forward's coverage and live blocks per list entry, or null to work them out again.
 template <typename T>
-void backward_kernel(const Grid& g, const std::vector<Tri<T>>& tris, const int64_t* offsets, const int32_t* ids,
-                     const T* background, T sigma, const T* grad_image, const T* grad_alpha, T* pair_grads,
-                     T* tile_bg) {
+void backward_kernel(const Walk<T>& w, const T* background, T sigma, const T* saved, const uint8_t* live,
+                     const T* grad_image, const T* grad_alpha, T* pair_grads, T* tile_bg) {
+  const Grid& g = w.g;
   const int64_t P = g.pixels(), HW = g.height * g.width;
   const T inv_sigma = T(1) / sigma;
+  const std::vector<int64_t> local_x = tile_locals(g, false), local_y = tile_locals(g, true);
 #pragma omp parallel num_threads(at::get_num_threads())
   {
     Scratch<T> sc(11, P);
     T *px = sc.row(0), *py = sc.row(1), *g0 = sc.row(2), *g1 = sc.row(3), *g2 = sc.row(4), *ga = sc.row(5);
     T *tr = sc.row(6);
-    const Behind<T> st{px, py, g0, g1, g2, ga, sc.row(7), sc.row(8), sc.row(9), sc.row(10)};
-    std::vector<T> cov_buf, above_buf;  // (list length, P): coverage and transmittance above
+    const Behind<T> st{g0, g1, g2, ga, sc.row(7), sc.row(8), sc.row(9), sc.row(10)};
+    Items it;
+    // (list length, P) each: coverage (when not kept), transmittance above then dL/da, weight T_above a
+    std::vector<T> cov_buf, da_buf, weight_buf, acc;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t tile = 0; tile < g.tiles(); ++tile) {
-      const int64_t b = tile / g.per_image(), start = offsets[tile], len = offsets[tile + 1] - start;
-      tile_pixels(g, tile % g.per_image(), px, py, sc.index.data());
-      for (int64_t p = 0; p < P; ++p) {  // pixels past the image edge get zero gradients
+      const int64_t b = tile / g.per_image(), start = w.offsets[tile], len = w.offsets[tile + 1] - start;
+      tile_pixels(g, tile % g.per_image(), local_x.data(), local_y.data(), px, py, sc.index.data());
+      std::fill(g0, g0 + 4 * P, T(0));  // pixels past the image edge get zero gradients (g0..ga are adjacent rows)
+      for (int64_t p = 0; p < P; ++p) {
         const int64_t i = sc.index[p];
-        const bool ok = i >= 0;
-        g0[p] = ok && grad_image ? grad_image[b * 3 * HW + i] : T(0);
-        g1[p] = ok && grad_image ? grad_image[b * 3 * HW + HW + i] : T(0);
-        g2[p] = ok && grad_image ? grad_image[b * 3 * HW + 2 * HW + i] : T(0);
-        ga[p] = ok && grad_alpha ? grad_alpha[b * HW + i] : T(0);
+        if (i < 0) continue;
+        if (grad_image) {
+          g0[p] = grad_image[b * 3 * HW + i];
+          g1[p] = grad_image[b * 3 * HW + HW + i];
+          g2[p] = grad_image[b * 3 * HW + 2 * HW + i];
+        }
+        if (grad_alpha) ga[p] = grad_alpha[b * HW + i];
       }
-      cov_buf.resize(len * P);
-      above_buf.resize(len * P);
+      w.items(tile, it, live, nullptr);
+      const int32_t* ids = w.ids + start;
+      const Tri<T>* tris = w.tris.data();
+      if (!saved) cov_buf.resize(len * P);
+      const T* cov = saved ? saved + start * P : cov_buf.data();
+      if (!saved) cover(tris, ids, it, P, inv_sigma, px, py, cov_buf.data());
+      da_buf.resize(len * P);
       std::fill(tr, tr + P, T(1));
-      for (int64_t j = len - 1; j >= 0; --j)  // top to bottom
-        record(tris[ids[start + j]], P, inv_sigma, px, py, &cov_buf[j * P], &above_buf[j * P], tr);
+      shade(tris, ids, it, P, cov, da_buf.data(), tr);
       T gbg0 = 0, gbg1 = 0, gbg2 = 0;
       for (int64_t p = 0; p < P; ++p) {  // tr is now the final transmittance, dC/d(background)
         gbg0 += g0[p] * tr[p];
@@ -437,14 +670,23 @@ void backward_kernel(const Grid& g, const std::vector<Tri<T>>& tris, const int64
       tile_bg[tile * 3] = gbg0;
       tile_bg[tile * 3 + 1] = gbg1;
       tile_bg[tile * 3 + 2] = gbg2;
+      weight_buf.resize(len * P);
       const T* bg = background + b * 3;
       std::fill(st.b0, st.b0 + P, bg[0]);
       std::fill(st.b1, st.b1 + P, bg[1]);
       std::fill(st.b2, st.b2 + P, bg[2]);
       std::fill(st.below, st.below + P, T(1));
-      for (int64_t j = 0; j < len; ++j)  // bottom to top
-        accumulate(tris[ids[start + j]], P, inv_sigma, &cov_buf[j * P], &above_buf[j * P], st,
-                   pair_grads + (start + j) * kGrads);
+      settle(tris, ids, it, P, cov, da_buf.data(), weight_buf.data(), st);
+      acc.assign(len * kGrads * kLanes, T(0));
+      gradients(tris, ids, it, P, inv_sigma, px, py, g0, g1, g2, cov, weight_buf.data(), da_buf.data(), acc.data());
+      for (int64_t j = 0; j < len; ++j) {  // lanes added in a fixed order
+        T* out = pair_grads + (start + j) * kGrads;
+        for (int i = 0; i < kGrads; ++i) {
+          T sum = 0;
+          for (int l = 0; l < kLanes; ++l) sum += acc[(j * kGrads + i) * kLanes + l];
+          out[i] = sum;
+        }
+      }
     }
   }
 }
@@ -469,33 +711,46 @@ void check_inputs(const at::Tensor& verts, const at::Tensor& colors, const at::T
   TORCH_CHECK(b * n < (int64_t(1) << 31), "too many triangles");
 }
 
-// Returns image (B, 3, H, W), alpha (B, 1, H, W) and the bins the backward reuses.
+// Returns image (B, 3, H, W), alpha (B, 1, H, W), the bins and the coverage of every list entry
+// the backward reuses; the coverage only when `keep` and it fits in kKeptBytes, else empty (the
+// backward then computes it again).
 std::vector<at::Tensor> forward(const at::Tensor& verts, const at::Tensor& colors, const at::Tensor& opacity,
                                 const at::Tensor& background, int64_t height, int64_t width, double sigma,
-                                int64_t tile, double grow) {
+                                int64_t tile, double grow, bool keep) {
   check_inputs(verts, colors, opacity, background);
   const Grid g = make_grid(verts, height, width, tile);
   auto image = at::empty({g.batch, 3, height, width}, verts.options());
   auto alpha = at::empty({g.batch, 1, height, width}, verts.options());
   std::vector<at::Tensor> bins;
+  at::Tensor cov = at::empty({0}, verts.options()), live = at::empty({0}, at::kByte);
   AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "fused_forward", [&] {
-    bins = bin<scalar_t>(verts, g, grow);
-    const auto tris = prepare<scalar_t>(verts, colors, opacity);
-    forward_kernel<scalar_t>(g, tris, bins[0].data_ptr<int64_t>(), bins[1].data_ptr<int32_t>(),
-                             background.data_ptr<scalar_t>(), static_cast<scalar_t>(sigma),
-                             image.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>());
+    using T = scalar_t;
+    bins = bin<T>(verts, g, grow);
+    const int64_t pairs = bins[1].numel();
+    const int64_t blocks = g.pixels() / kLanes;
+    if (keep && pairs * g.pixels() * int64_t(sizeof(T)) <= kKeptBytes) {
+      cov = at::empty({pairs, g.pixels()}, verts.options());
+      live = at::empty({pairs, blocks}, at::kByte);
+    }
+    const auto tris = prepare<T>(verts, colors, opacity);
+    const auto reach = reaches<T>(verts, static_cast<T>(grow));
+    const Walk<T> w{g, tris, reach, Blocks<T>(tile, g.pixels() / kLanes), bins[0].data_ptr<int64_t>(),
+                    bins[1].data_ptr<int32_t>(), static_cast<T>(grow)};
+    forward_kernel<T>(w, background.data_ptr<T>(), static_cast<T>(sigma), image.data_ptr<T>(), alpha.data_ptr<T>(),
+                      cov.numel() ? cov.data_ptr<T>() : nullptr, live.numel() ? live.data_ptr<uint8_t>() : nullptr);
   });
-  return {image, alpha, bins[0], bins[1], bins[2], bins[3]};
+  return {image, alpha, bins[0], bins[1], bins[2], bins[3], cov, live};
 }
 
 // Gradients of vertices (B, T, 3, 2), colours, opacity and background from the image and alpha
 // gradients (either may be undefined, meaning zero).
 std::vector<at::Tensor> backward(const at::Tensor& verts, const at::Tensor& colors, const at::Tensor& opacity,
                                  const at::Tensor& background, const at::Tensor& offsets, const at::Tensor& ids,
-                                 const at::Tensor& first, const at::Tensor& slot,
+                                 const at::Tensor& first, const at::Tensor& slot, const at::Tensor& cov,
+                                 const at::Tensor& live,
                                  const c10::optional<at::Tensor>& grad_image,
                                  const c10::optional<at::Tensor>& grad_alpha, int64_t height, int64_t width,
-                                 double sigma, int64_t tile) {
+                                 double sigma, int64_t tile, double grow) {
   check_inputs(verts, colors, opacity, background);
   const Grid g = make_grid(verts, height, width, tile);
   const int64_t n = g.batch * g.count, pairs = ids.numel();
@@ -507,9 +762,15 @@ std::vector<at::Tensor> backward(const at::Tensor& verts, const at::Tensor& colo
     if (grad_image && grad_image->defined()) gi = grad_image->to(verts.scalar_type()).contiguous();
     if (grad_alpha && grad_alpha->defined()) ga = grad_alpha->to(verts.scalar_type()).contiguous();
     const auto tris = prepare<T>(verts, colors, opacity);
+    const auto reach = reaches<T>(verts, static_cast<T>(grow));
+    const Walk<T> w{g, tris, reach, Blocks<T>(tile, g.pixels() / kLanes), offsets.data_ptr<int64_t>(),
+                    ids.data_ptr<int32_t>(), static_cast<T>(grow)};
+    TORCH_CHECK(cov.numel() == 0 || cov.numel() == pairs * g.pixels(), "coverage does not match the bins");
+    TORCH_CHECK(live.numel() == cov.numel() / kLanes, "live blocks do not match the coverage");
     std::vector<T> pair_grads(pairs * kGrads), tile_bg(g.tiles() * 3);
-    backward_kernel<T>(g, tris, offsets.data_ptr<int64_t>(), ids.data_ptr<int32_t>(), background.data_ptr<T>(),
-                       static_cast<T>(sigma), gi.defined() ? gi.data_ptr<T>() : nullptr,
+    backward_kernel<T>(w, background.data_ptr<T>(), static_cast<T>(sigma), cov.numel() ? cov.data_ptr<T>() : nullptr,
+                       live.numel() ? live.data_ptr<uint8_t>() : nullptr,
+                       gi.defined() ? gi.data_ptr<T>() : nullptr,
                        ga.defined() ? ga.data_ptr<T>() : nullptr, pair_grads.data(), tile_bg.data());
     const int64_t* fp = first.data_ptr<int64_t>();
     const int64_t* sp = slot.data_ptr<int64_t>();
