@@ -147,11 +147,10 @@ class Fitter:
         pred = self.render()
         losses = self.compute_losses(pred)
         failed = {}
-        for b in torch.nonzero(self.active).flatten().tolist():
-            for name, value in losses.items():
-                if not torch.isfinite(value[b]):
-                    failed[b] = non_finite_message(name, value[b].item(), self.step)
-                    break
+        finite = torch.stack([torch.isfinite(value.detach()) for value in losses.values()]).cpu()  # (terms, B)
+        for b in torch.nonzero(self.active & ~finite.all(dim=0)).flatten().tolist():  # one check for all scenes
+            name, value = next((name, value) for (name, value), ok in zip(losses.items(), finite[:, b]) if not ok)
+            failed[b] = non_finite_message(name, value[b].item(), self.step)
         self._stop(failed, "error")
         active = self.active.to(pred.device)
         total = self.balancer(losses, self.step, self.context, active=active)
