@@ -188,3 +188,40 @@ def test_a_backward_that_computes_the_coverage_again_gives_the_same_gradients():
         results.append((image, fused_raster().backward(*inputs, *bins, weight, alpha, *settings, grow)))
     assert torch.equal(results[0][0], results[1][0])
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+
+
+@pytest.mark.parametrize("tile_size", [8, 5, 16])
+def test_blocks_left_out_hold_only_pixels_beyond_the_support_radius(tile_size):
+    # the kernel evaluates a (tile, triangle) pair only on its live pixel blocks; every pixel of a
+    # block it leaves out must lie beyond the support radius (coverage below the cutoff), and
+    # slivers across many tiles leave out the most
+    from triangulate_ai.raster.base import support_radius
+    from triangulate_ai.raster.kernels import fused_raster
+    from triangulate_ai.raster.sdf import signed_distance
+
+    g = torch.Generator().manual_seed(11)
+    slivers = torch.rand(1, 30, 1, 2, generator=g) + (torch.rand(1, 30, 3, 2, generator=g) - 0.5) * torch.tensor(
+        [0.9, 0.05])  # long and thin, some rotated below
+    slivers[:, ::2] = slivers[:, ::2].flip(-1)
+    scene = make_scene(batch=1, count=40, seed=9, spread=0.3, plant=False)
+    scene = scene._replace(vertices=torch.cat([scene.vertices, slivers.double()], 1),
+                           colors=torch.rand(1, 70, 3, generator=g, dtype=torch.float64),
+                           opacity=torch.rand(1, 70, generator=g, dtype=torch.float64))
+    height, width, sigma = 37, 45, 0.3
+    grow = support_radius(sigma, 1e-6)
+    verts = scene.to_pixels(height, width).contiguous()
+    _, _, offsets, ids, _, _, _, live = fused_raster().forward(
+        verts, scene.colors.contiguous(), scene.opacity.contiguous(), scene.background.contiguous(),
+        height, width, sigma, tile_size, grow, True)
+    n_tx = -(-width // tile_size)
+    lanes = (tile_size * tile_size + 15) // 16 * 16 // live.shape[1]
+    pixel = torch.arange(live.shape[1] * lanes)
+    tile_of_pair = torch.repeat_interleave(torch.arange(offsets.numel() - 1), offsets.diff())
+    px = (tile_of_pair % n_tx)[:, None] * tile_size + pixel % tile_size + 0.5
+    py = (tile_of_pair // n_tx)[:, None] * tile_size + pixel // tile_size + 0.5
+    sd = signed_distance(px.double(), py.double(), verts.reshape(-1, 3, 2)[ids.long()])  # (pairs, padded pixels)
+    in_image = (px < width) & (py < height) & (pixel < tile_size**2)
+    left_out = ~live.bool().repeat_interleave(lanes, dim=1)
+    assert left_out.any(), "nothing was left out: the test would not test anything"
+    assert (sd[left_out & in_image] <= -grow).all()
+    assert live.float().mean() < 0.9
