@@ -190,6 +190,23 @@ def test_a_backward_that_computes_the_coverage_again_gives_the_same_gradients():
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
 
 
+def test_storage_kept_for_one_backward_is_not_reused_while_its_graph_lives():
+    # the forward hands its coverage storage out again once nothing holds it; two live graphs
+    # (and a third forward between them) must each keep their own
+    renderer = FusedRenderer(0.3, 8)
+    scenes = [make_scene(batch=2, count=40, seed=s, dtype=torch.float32) for s in (6, 7)]
+    weight = _weight(scenes[0], 33, 47)
+    alone = [grads(renderer, scene, 33, 47, weight)[2] for scene in scenes]
+    leaves = [Scene(*(t.detach().clone().requires_grad_(True) for t in scene)) for scene in scenes]
+    images = [renderer(leaf, 33, 47, return_alpha=True) for leaf in leaves]
+    renderer(Scene(*(t.clone().requires_grad_(True) for t in scenes[1])), 33, 47)  # one more, never backward
+    for (image, alpha), leaf, expected in zip(reversed(images), reversed(leaves), reversed(alone)):
+        (image * weight).sum().add((alpha * weight[:, :1]).sum()).backward()
+        assert all(torch.equal(t.grad, g) for t, g in zip(leaf, expected))
+    for _ in range(3):  # and storage reused step after step gives the same gradients
+        assert all(torch.equal(a, b) for a, b in zip(grads(renderer, scenes[0], 33, 47, weight)[2], alone[0]))
+
+
 @pytest.mark.parametrize("tile_size", [8, 5, 16])
 def test_blocks_left_out_hold_only_pixels_beyond_the_support_radius(tile_size):
     # the kernel evaluates a (tile, triangle) pair only on its live pixel blocks; every pixel of a

@@ -26,6 +26,9 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
+#include <mutex>
+#include <numeric>
 #include <vector>
 
 namespace {
@@ -306,6 +309,13 @@ struct Grid {
   int64_t per_image() const { return n_tx * n_ty; }
   int64_t tiles() const { return batch * per_image(); }
   int64_t pixels() const { return (tile * tile + kLanes - 1) / kLanes * kLanes; }  // padded, see kLanes
+  // Tiles per scheduling chunk: enough neighbours in a row that a chunk's rows of pixels fill whole
+  // 64-byte cache lines, so two threads do not write halves of one line of the image (a tile row of
+  // 8 floats is half a line; with one tile per chunk the threads' stores would keep stealing it).
+  int64_t chunk(int64_t bytes_per_value) const {
+    const int64_t line = 64;
+    return std::min(line / std::gcd(tile * bytes_per_value, line), n_tx);
+  }
 };
 
 // Clamp floor(value / tile) to [lo, hi] without overflow (values may be huge or NaN).
@@ -593,13 +603,14 @@ void forward_kernel(const Walk<T>& w, const T* background, T sigma, T* image, T*
   const int64_t P = g.pixels(), HW = g.height * g.width;
   const T inv_sigma = T(1) / sigma;
   const std::vector<int64_t> local_x = tile_locals(g, false), local_y = tile_locals(g, true);
+  const int64_t chunk = g.chunk(sizeof(T));
 #pragma omp parallel num_threads(at::get_num_threads())
   {
     Scratch<T> sc(6, P);
     T *px = sc.row(0), *py = sc.row(1), *c0 = sc.row(2), *c1 = sc.row(3), *c2 = sc.row(4), *tr = sc.row(5);
     Items it;
     std::vector<T> cov_buf;  // this tile's coverage when it is not kept
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, chunk)
     for (int64_t tile = 0; tile < g.tiles(); ++tile) {
       const int64_t b = tile / g.per_image(), start = w.offsets[tile], len = w.offsets[tile + 1] - start;
       tile_pixels(g, tile % g.per_image(), local_x.data(), local_y.data(), px, py, sc.index.data());
@@ -635,6 +646,7 @@ void backward_kernel(const Walk<T>& w, const T* background, T sigma, const T* sa
   const int64_t P = g.pixels(), HW = g.height * g.width;
   const T inv_sigma = T(1) / sigma;
   const std::vector<int64_t> local_x = tile_locals(g, false), local_y = tile_locals(g, true);
+  const int64_t chunk = g.chunk(sizeof(T));
 #pragma omp parallel num_threads(at::get_num_threads())
   {
     Scratch<T> sc(11, P);
@@ -644,7 +656,7 @@ void backward_kernel(const Walk<T>& w, const T* background, T sigma, const T* sa
     Items it;
     // (list length, P) each: coverage (when not kept), transmittance above then dL/da, weight T_above a
     std::vector<T> cov_buf, da_buf, weight_buf, acc;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, chunk)
     for (int64_t tile = 0; tile < g.tiles(); ++tile) {
       const int64_t b = tile / g.per_image(), start = w.offsets[tile], len = w.offsets[tile + 1] - start;
       tile_pixels(g, tile % g.per_image(), local_x.data(), local_y.data(), px, py, sc.index.data());
@@ -718,6 +730,27 @@ void check_inputs(const at::Tensor& verts, const at::Tensor& colors, const at::T
   TORCH_CHECK(b * n < (int64_t(1) << 31), "too many triangles");
 }
 
+// The bytes the forward keeps for the backward (coverage, then live blocks), handed out again on
+// the next call once nothing holds them: freed and allocated anew each step, these megabytes went
+// back to the system and were page-faulted in again by the threads writing them (at 8 scenes of
+// 128 px, about 2000 faults a step). Grows by a quarter past the largest request; a call that finds
+// the storage still held (a graph kept for a second backward) gets storage of its own.
+class KeptStorage {
+ public:
+  at::Tensor take(int64_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!bytes_.defined() || bytes_.storage().use_count() > 1 || bytes_.numel() < bytes)
+      bytes_ = at::empty({bytes + bytes / 4}, at::kByte);
+    return bytes_.narrow(0, 0, bytes);
+  }
+
+ private:
+  std::mutex mutex_;
+  at::Tensor bytes_;
+};
+
+KeptStorage kept_storage;
+
 // Returns image (B, 3, H, W), alpha (B, 1, H, W), the bins and the coverage of every list entry
 // the backward reuses; the coverage only when `keep` and it fits in kKeptBytes, else empty (the
 // backward then computes it again).
@@ -735,9 +768,11 @@ std::vector<at::Tensor> forward(const at::Tensor& verts, const at::Tensor& color
     bins = bin<T>(verts, g, grow);
     const int64_t pairs = bins[1].numel();
     const int64_t blocks = g.pixels() / kLanes;
-    if (keep && pairs * g.pixels() * int64_t(sizeof(T)) <= kKeptBytes) {
-      cov = at::empty({pairs, g.pixels()}, verts.options());
-      live = at::empty({pairs, blocks}, at::kByte);
+    const int64_t cov_bytes = pairs * g.pixels() * int64_t(sizeof(T));
+    if (keep && cov_bytes <= kKeptBytes) {
+      const at::Tensor kept = kept_storage.take(cov_bytes + pairs * blocks);
+      cov = kept.narrow(0, 0, cov_bytes).view(verts.scalar_type()).view({pairs, g.pixels()});
+      live = kept.narrow(0, cov_bytes, pairs * blocks).view({pairs, blocks});
     }
     const auto tris = prepare<T>(verts, colors, opacity);
     const auto reach = reaches<T>(verts, static_cast<T>(grow));
@@ -761,7 +796,7 @@ std::vector<at::Tensor> backward(const at::Tensor& verts, const at::Tensor& colo
   check_inputs(verts, colors, opacity, background);
   const Grid g = make_grid(verts, height, width, tile);
   const int64_t n = g.batch * g.count, pairs = ids.numel();
-  auto g_verts = at::zeros_like(verts), g_colors = at::zeros_like(colors), g_opacity = at::zeros_like(opacity);
+  auto g_verts = at::empty_like(verts), g_colors = at::empty_like(colors), g_opacity = at::empty_like(opacity);  // all written
   auto g_background = at::zeros_like(background);
   AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "fused_backward", [&] {
     using T = scalar_t;
@@ -774,11 +809,12 @@ std::vector<at::Tensor> backward(const at::Tensor& verts, const at::Tensor& colo
                     ids.data_ptr<int32_t>(), static_cast<T>(grow)};
     TORCH_CHECK(cov.numel() == 0 || cov.numel() == pairs * g.pixels(), "coverage does not match the bins");
     TORCH_CHECK(live.numel() == cov.numel() / kLanes, "live blocks do not match the coverage");
-    std::vector<T> pair_grads(pairs * kGrads), tile_bg(g.tiles() * 3);
+    std::unique_ptr<T[]> pair_grads(new T[pairs * kGrads]);  // every slot written: not zeroed first
+    std::vector<T> tile_bg(g.tiles() * 3);
     backward_kernel<T>(w, background.data_ptr<T>(), static_cast<T>(sigma), cov.numel() ? cov.data_ptr<T>() : nullptr,
                        live.numel() ? live.data_ptr<uint8_t>() : nullptr,
                        gi.defined() ? gi.data_ptr<T>() : nullptr,
-                       ga.defined() ? ga.data_ptr<T>() : nullptr, pair_grads.data(), tile_bg.data());
+                       ga.defined() ? ga.data_ptr<T>() : nullptr, pair_grads.get(), tile_bg.data());
     const int64_t* fp = first.data_ptr<int64_t>();
     const int64_t* sp = slot.data_ptr<int64_t>();
     T* gv = g_verts.data_ptr<T>();
