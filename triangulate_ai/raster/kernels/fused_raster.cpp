@@ -183,26 +183,28 @@ std::vector<Reach<T>> reaches(const at::Tensor& verts, T grow) {
   const int64_t n = verts.numel() / 6;
   const T* v = verts.data_ptr<T>();
   std::vector<Reach<T>> out(n);
-  for (int64_t f = 0; f < n; ++f) {
-    const T* p = v + f * 6;
-    Reach<T>& r = out[f];
-    r.lo_x = std::min({p[0], p[2], p[4]}) - grow;
-    r.hi_x = std::max({p[0], p[2], p[4]}) + grow;
-    r.lo_y = std::min({p[1], p[3], p[5]}) - grow;
-    r.hi_y = std::max({p[1], p[3], p[5]}) + grow;
-    const T area = (p[2] - p[0]) * (p[5] - p[1]) - (p[3] - p[1]) * (p[4] - p[0]);
-    for (int k = 0; k < 3; ++k) {
-      const int j = (k + 1) % 3;
-      const T ex = p[2 * j] - p[2 * k], ey = p[2 * j + 1] - p[2 * k + 1];
-      const T len = std::sqrt(ex * ex + ey * ey);
-      // inside, (ex * wy - ey * wx) * area >= 0 for w = point - vertex k
-      const T scale = area > T(0) ? T(1) / len : T(-1) / len;
-      const bool line = area != T(0) && std::isfinite(area) && len > T(1e-6) && std::isfinite(scale);
-      r.nx[k] = line ? -ey * scale : T(0);
-      r.ny[k] = line ? ex * scale : T(0);
-      r.off[k] = line ? -(r.nx[k] * p[2 * k] + r.ny[k] * p[2 * k + 1]) : std::numeric_limits<T>::infinity();
+  at::parallel_for(0, n, 256, [&](int64_t lo, int64_t hi) {
+    for (int64_t f = lo; f < hi; ++f) {
+      const T* p = v + f * 6;
+      Reach<T>& r = out[f];
+      r.lo_x = std::min({p[0], p[2], p[4]}) - grow;
+      r.hi_x = std::max({p[0], p[2], p[4]}) + grow;
+      r.lo_y = std::min({p[1], p[3], p[5]}) - grow;
+      r.hi_y = std::max({p[1], p[3], p[5]}) + grow;
+      const T area = (p[2] - p[0]) * (p[5] - p[1]) - (p[3] - p[1]) * (p[4] - p[0]);
+      for (int k = 0; k < 3; ++k) {
+        const int j = (k + 1) % 3;
+        const T ex = p[2 * j] - p[2 * k], ey = p[2 * j + 1] - p[2 * k + 1];
+        const T len = std::sqrt(ex * ex + ey * ey);
+        // inside, (ex * wy - ey * wx) * area >= 0 for w = point - vertex k
+        const T scale = area > T(0) ? T(1) / len : T(-1) / len;
+        const bool line = area != T(0) && std::isfinite(area) && len > T(1e-6) && std::isfinite(scale);
+        r.nx[k] = line ? -ey * scale : T(0);
+        r.ny[k] = line ? ex * scale : T(0);
+        r.off[k] = line ? -(r.nx[k] * p[2 * k] + r.ny[k] * p[2 * k + 1]) : std::numeric_limits<T>::infinity();
+      }
     }
-  }
+  });
   return out;
 }
 
@@ -282,24 +284,26 @@ std::vector<Tri<T>> prepare(const at::Tensor& verts, const at::Tensor& colors, c
   const T* c = colors.data_ptr<T>();
   const T* o = opacity.data_ptr<T>();
   std::vector<Tri<T>> tris(n);
-  for (int64_t f = 0; f < n; ++f) {
-    Tri<T>& tri = tris[f];
-    const T* p = v + f * 6;
-    for (int k = 0; k < 3; ++k) {
-      const int j = (k + 1) % 3;
-      tri.ax[k] = p[2 * k];
-      tri.ay[k] = p[2 * k + 1];
-      tri.ex[k] = p[2 * j] - p[2 * k];
-      tri.ey[k] = p[2 * j + 1] - p[2 * k + 1];
-      const T len2 = tri.ex[k] * tri.ex[k] + tri.ey[k] * tri.ey[k];
-      tri.len2[k] = len2 > T(1e-12) ? len2 : T(1e-12);
-      tri.il[k] = T(1) / tri.len2[k];
-      tri.c[k] = c[f * 3 + k];
+  at::parallel_for(0, n, 256, [&](int64_t lo, int64_t hi) {
+    for (int64_t f = lo; f < hi; ++f) {
+      Tri<T>& tri = tris[f];
+      const T* p = v + f * 6;
+      for (int k = 0; k < 3; ++k) {
+        const int j = (k + 1) % 3;
+        tri.ax[k] = p[2 * k];
+        tri.ay[k] = p[2 * k + 1];
+        tri.ex[k] = p[2 * j] - p[2 * k];
+        tri.ey[k] = p[2 * j + 1] - p[2 * k + 1];
+        const T len2 = tri.ex[k] * tri.ex[k] + tri.ey[k] * tri.ey[k];
+        tri.len2[k] = len2 > T(1e-12) ? len2 : T(1e-12);
+        tri.il[k] = T(1) / tri.len2[k];
+        tri.c[k] = c[f * 3 + k];
+      }
+      const T area = (p[2] - p[0]) * (p[5] - p[1]) - (p[3] - p[1]) * (p[4] - p[0]);
+      tri.area = area != T(0) ? area : std::numeric_limits<T>::quiet_NaN();
+      tri.op = o[f];
     }
-    const T area = (p[2] - p[0]) * (p[5] - p[1]) - (p[3] - p[1]) * (p[4] - p[0]);
-    tri.area = area != T(0) ? area : std::numeric_limits<T>::quiet_NaN();
-    tri.op = o[f];
-  }
+  });
   return tris;
 }
 
@@ -329,53 +333,61 @@ inline int64_t tile_index(double value, int64_t tile, int64_t lo, int64_t hi) {
 // Counting sort of (tile, triangle) pairs by tile, painter's order kept within a tile.
 // offsets: (tiles + 1) start of each tile's list; ids: flat triangle index per pair (tile-major);
 // first: (B*T + 1) start of each triangle's pairs in triangle-major order; slot: tile-major
-// position of each triangle-major pair.
+// position of each triangle-major pair. Scenes own disjoint ranges of tiles and of triangles, so
+// the counting and the placing run one scene per task; only the two prefix sums are serial.
 template <typename T>
 std::vector<at::Tensor> bin(const at::Tensor& verts, const Grid& g, double grow) {
-  const int64_t n = g.batch * g.count;
+  const int64_t n = g.batch * g.count, per = g.per_image();
   const T* v = verts.data_ptr<T>();
   std::vector<int64_t> rect(n * 4);  // tx0, tx1, ty0, ty1 (empty when tx0 > tx1 or ty0 > ty1)
   auto first = at::empty({n + 1}, at::kLong);
   int64_t* fp = first.data_ptr<int64_t>();
   fp[0] = 0;
-  for (int64_t f = 0; f < n; ++f) {
-    const T* p = v + f * 6;
-    const double lo_x = std::min({p[0], p[2], p[4]}) - grow - 0.5, hi_x = std::max({p[0], p[2], p[4]}) + grow - 0.5;
-    const double lo_y = std::min({p[1], p[3], p[5]}) - grow - 0.5, hi_y = std::max({p[1], p[3], p[5]}) + grow - 0.5;
-    int64_t* r = &rect[f * 4];
-    r[0] = tile_index(lo_x, g.tile, 0, g.n_tx);
-    r[1] = tile_index(hi_x, g.tile, -1, g.n_tx - 1);
-    r[2] = tile_index(lo_y, g.tile, 0, g.n_ty);
-    r[3] = tile_index(hi_y, g.tile, -1, g.n_ty - 1);
-    const int64_t span = std::max<int64_t>(r[1] - r[0] + 1, 0) * std::max<int64_t>(r[3] - r[2] + 1, 0);
-    fp[f + 1] = fp[f] + span;
-  }
+  at::parallel_for(0, n, 256, [&](int64_t lo, int64_t hi) {
+    for (int64_t f = lo; f < hi; ++f) {
+      const T* p = v + f * 6;
+      const double lo_x = std::min({p[0], p[2], p[4]}) - grow - 0.5, hi_x = std::max({p[0], p[2], p[4]}) + grow - 0.5;
+      const double lo_y = std::min({p[1], p[3], p[5]}) - grow - 0.5, hi_y = std::max({p[1], p[3], p[5]}) + grow - 0.5;
+      int64_t* r = &rect[f * 4];
+      r[0] = tile_index(lo_x, g.tile, 0, g.n_tx);
+      r[1] = tile_index(hi_x, g.tile, -1, g.n_tx - 1);
+      r[2] = tile_index(lo_y, g.tile, 0, g.n_ty);
+      r[3] = tile_index(hi_y, g.tile, -1, g.n_ty - 1);
+      fp[f + 1] = std::max<int64_t>(r[1] - r[0] + 1, 0) * std::max<int64_t>(r[3] - r[2] + 1, 0);  // its span
+    }
+  });
+  for (int64_t f = 0; f < n; ++f) fp[f + 1] += fp[f];
   const int64_t pairs = fp[n];
   auto offsets = at::zeros({g.tiles() + 1}, at::kLong);
   int64_t* op = offsets.data_ptr<int64_t>();
-  for (int64_t f = 0; f < n; ++f) {
-    const int64_t* r = &rect[f * 4];
-    const int64_t base = (f / g.count) * g.per_image();
-    for (int64_t ty = r[2]; ty <= r[3]; ++ty)
-      for (int64_t tx = r[0]; tx <= r[1]; ++tx) ++op[base + ty * g.n_tx + tx + 1];
-  }
+  at::parallel_for(0, g.batch, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t f = b0 * g.count; f < b1 * g.count; ++f) {
+      const int64_t* r = &rect[f * 4];
+      int64_t* count = op + (f / g.count) * per + 1;
+      for (int64_t ty = r[2]; ty <= r[3]; ++ty)
+        for (int64_t tx = r[0]; tx <= r[1]; ++tx) ++count[ty * g.n_tx + tx];
+    }
+  });
   for (int64_t i = 0; i < g.tiles(); ++i) op[i + 1] += op[i];
   auto ids = at::empty({pairs}, at::kInt);
   auto slot = at::empty({pairs}, at::kLong);
   int32_t* ip = ids.data_ptr<int32_t>();
   int64_t* sp = slot.data_ptr<int64_t>();
-  std::vector<int64_t> cursor(op, op + g.tiles());
-  int64_t q = 0;
-  for (int64_t f = 0; f < n; ++f) {
-    const int64_t* r = &rect[f * 4];
-    const int64_t base = (f / g.count) * g.per_image();
-    for (int64_t ty = r[2]; ty <= r[3]; ++ty)
-      for (int64_t tx = r[0]; tx <= r[1]; ++tx) {
-        const int64_t k = cursor[base + ty * g.n_tx + tx]++;
-        ip[k] = static_cast<int32_t>(f);
-        sp[q++] = k;
+  at::parallel_for(0, g.batch, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      std::vector<int64_t> cursor(op + b * per, op + (b + 1) * per);
+      int64_t q = fp[b * g.count];
+      for (int64_t f = b * g.count; f < (b + 1) * g.count; ++f) {
+        const int64_t* r = &rect[f * 4];
+        for (int64_t ty = r[2]; ty <= r[3]; ++ty)
+          for (int64_t tx = r[0]; tx <= r[1]; ++tx) {
+            const int64_t k = cursor[ty * g.n_tx + tx]++;
+            ip[k] = static_cast<int32_t>(f);
+            sp[q++] = k;
+          }
       }
-  }
+    }
+  });
   return {offsets, ids, first, slot};
 }
 
