@@ -31,9 +31,9 @@ def masked_mean(per_pixel: torch.Tensor, mask: torch.Tensor | None) -> torch.Ten
 
 
 class _MeanAbsError(torch.autograd.Function):
-    """(B,) mean |pred - target| per scene in one pass over the pixels each way (autograd's graph of
-    sub, abs and mean makes six): with B scenes of a cheap render these passes over B images are
-    a large part of the step."""
+    """(B,) mean |pred - target| per scene in two passes over the pixels each way (sub and a fused
+    L1 norm; sign and an in-place scale) where autograd's graph of sub, abs and mean makes three
+    each way: with B scenes of a cheap render these passes over B images are part of the step."""
 
     @staticmethod
     def forward(ctx, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

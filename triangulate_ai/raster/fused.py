@@ -5,10 +5,10 @@ Same model, painter's order and binning margin as the tiled renderer. The kernel
 (tile, triangle) pair only on the blocks of pixels within the support radius of the triangle.
 The forward keeps, for the backward, the bins, each pair's coverage of its tile and which blocks
 it reaches (4 bytes per pair and pixel, in storage the next step reuses once no graph holds it;
-past 1 GiB it keeps only the bins and the backward computes the coverage again). The backward walks each tile top-down for the transmittances,
-bottom-up with the colour behind each triangle (no division by 1 - alpha, so opaque triangles are
-exact), writing each (tile, triangle) gradient to its own slot and summing the slots in a fixed
-order: results do not depend on the thread count. CPU tensors only; float32 and float64.
+past 1 GiB it keeps only the bins and the backward computes the coverage again). The backward
+walks each tile top-down for the transmittances, bottom-up with the colour behind each triangle
+(no division by 1 - alpha, so opaque triangles are exact), writing each (tile, triangle) gradient
+to its own slot and summing the slots in a fixed order: results do not depend on the thread count. CPU tensors only; float32 and float64.
 
     python -m triangulate_ai.raster.fused --build    # compile into the cache now (make does this)
 """
