@@ -425,32 +425,35 @@ struct Items {
   int64_t size() const { return count; }
 };
 
-// Coverage of each item's pixels: cov(j, p) for entry j (rows of P), independent per item.
+// Coverage of each item's pixels, independent per item. Per-item values (coverage here, dL/da and
+// the colour weight in the backward) are stored item after item, kLanes each: only live blocks
+// take room, and every sweep reads them in the order they lie in memory.
 template <typename T>
 __attribute__((noinline)) void cover(const Tri<T>* __restrict tris, const int32_t* __restrict ids,
-                                     const Items& it, int64_t P, T inv_sigma, const T* __restrict px,
+                                     const Items& it, T inv_sigma, const T* __restrict px,
                                      const T* __restrict py, T* __restrict cov) {
   const int32_t* __restrict entry = it.entry.data();
   const int32_t* __restrict block = it.block.data();
   for (int64_t i = 0; i < it.size(); ++i) {
     const Tri<T> tri = tris[ids[entry[i]]];
-    const int64_t p0 = int64_t(block[i]) * kLanes;
-    T* __restrict c = cov + entry[i] * P;
+    const T* __restrict x = px + int64_t(block[i]) * kLanes;
+    const T* __restrict y = py + int64_t(block[i]) * kLanes;
+    T* __restrict c = cov + i * kLanes;
 #pragma omp simd
-    for (int64_t p = p0; p < p0 + kLanes; ++p) c[p] = sigmoid(signed_distance(tri, px[p], py[p]) * inv_sigma);
+    for (int l = 0; l < kLanes; ++l) c[l] = sigmoid(signed_distance(tri, x[l], y[l]) * inv_sigma);
   }
 }
 
 // Forward compositing in item order: colour over what lies below, transmittance times (1 - a).
 template <typename T>
 __attribute__((noinline)) void composite(const Tri<T>* __restrict tris, const int32_t* __restrict ids,
-                                         const Items& it, int64_t P, const T* __restrict cov, T* __restrict c0,
+                                         const Items& it, const T* __restrict cov, T* __restrict c0,
                                          T* __restrict c1, T* __restrict c2, T* __restrict tr) {
   for (int64_t i = 0; i < it.size(); ++i) {
     const Tri<T>& tri = tris[ids[it.entry[i]]];
     const T op = tri.op, r = tri.c[0], g = tri.c[1], b = tri.c[2];
     const int64_t p0 = int64_t(it.block[i]) * kLanes;
-    const T* __restrict s = cov + it.entry[i] * P;
+    const T* __restrict s = cov + i * kLanes - p0;
 #pragma omp simd
     for (int64_t p = p0; p < p0 + kLanes; ++p) {
       const T a = op * s[p];
@@ -465,10 +468,10 @@ __attribute__((noinline)) void composite(const Tri<T>* __restrict tris, const in
 // Backward, top-down (items in reverse): the transmittance above each triangle, then below it.
 template <typename T>
 __attribute__((noinline)) void shade(const Tri<T>* __restrict tris, const int32_t* __restrict ids, const Items& it,
-                                     int64_t P, const T* __restrict cov, T* __restrict above, T* __restrict tr) {
+                                     const T* __restrict cov, T* __restrict above, T* __restrict tr) {
   for (int64_t i = it.size() - 1; i >= 0; --i) {
     const T op = tris[ids[it.entry[i]]].op;
-    const int64_t p0 = int64_t(it.block[i]) * kLanes, row = it.entry[i] * P;
+    const int64_t p0 = int64_t(it.block[i]) * kLanes, row = i * kLanes - p0;
 #pragma omp simd
     for (int64_t p = p0; p < p0 + kLanes; ++p) {
       above[row + p] = tr[p];
@@ -491,7 +494,7 @@ struct Behind {
 // the alpha 1 - T_above (1 - a) T_below.
 template <typename T>
 __attribute__((noinline)) void settle(const Tri<T>* __restrict tris, const int32_t* __restrict ids, const Items& it,
-                                      int64_t P, const T* __restrict cov, T* __restrict above_to_da,
+                                      const T* __restrict cov, T* __restrict above_to_da,
                                       T* __restrict weight, Behind<T> st) {
   const T* __restrict g0 = st.g0;
   const T* __restrict g1 = st.g1;
@@ -504,7 +507,7 @@ __attribute__((noinline)) void settle(const Tri<T>* __restrict tris, const int32
   for (int64_t i = 0; i < it.size(); ++i) {
     const Tri<T>& tri = tris[ids[it.entry[i]]];
     const T op = tri.op, r = tri.c[0], g = tri.c[1], b = tri.c[2];
-    const int64_t p0 = int64_t(it.block[i]) * kLanes, row = it.entry[i] * P;
+    const int64_t p0 = int64_t(it.block[i]) * kLanes, row = i * kLanes - p0;
 #pragma omp simd
     for (int64_t p = p0; p < p0 + kLanes; ++p) {
       const T a = op * cov[row + p], t_above = above_to_da[row + p];
@@ -524,13 +527,13 @@ __attribute__((noinline)) void settle(const Tri<T>* __restrict tris, const int32
 // entry's (kGrads, kLanes) accumulator (an entry's items come in block order: a fixed order).
 template <typename T>
 __attribute__((noinline)) void gradients(const Tri<T>* __restrict tris, const int32_t* __restrict ids,
-                                         const Items& it, int64_t P, T inv_sigma, const T* __restrict px,
+                                         const Items& it, T inv_sigma, const T* __restrict px,
                                          const T* __restrict py, const T* __restrict g0, const T* __restrict g1,
                                          const T* __restrict g2, const T* __restrict cov, const T* __restrict weight,
                                          const T* __restrict d_alpha, T* __restrict acc) {
   for (int64_t i = 0; i < it.size(); ++i) {
     const Tri<T> tri = tris[ids[it.entry[i]]];
-    const int64_t p0 = int64_t(it.block[i]) * kLanes, row = it.entry[i] * P;
+    const int64_t p0 = int64_t(it.block[i]) * kLanes, row = i * kLanes - p0;
     T* __restrict out = acc + it.entry[i] * (kGrads * kLanes);
 #pragma omp simd
     for (int l = 0; l < kLanes; ++l) {
@@ -607,8 +610,8 @@ struct Walk {
   }
 };
 
-// cov: (pairs, P) coverage per list entry and live: (pairs, blocks) its live blocks, both kept for
-// the backward, or both null.
+// cov: (pairs, P), room for every block of every list entry, of which a tile's items fill the start
+// of its rows, and live: (pairs, blocks) the live blocks; both kept for the backward, or both null.
 template <typename T>
 void forward_kernel(const Walk<T>& w, const T* background, T sigma, T* image, T* alpha, T* cov, uint8_t* live) {
   const Grid& g = w.g;
@@ -627,16 +630,16 @@ void forward_kernel(const Walk<T>& w, const T* background, T sigma, T* image, T*
       const int64_t b = tile / g.per_image(), start = w.offsets[tile], len = w.offsets[tile + 1] - start;
       tile_pixels(g, tile % g.per_image(), local_x.data(), local_y.data(), px, py, sc.index.data());
       w.items(tile, it, nullptr, live);
-      if (!cov) cov_buf.resize(len * P);
-      T* tile_cov = cov ? cov + start * P : cov_buf.data();
+      if (!cov) cov_buf.resize(it.size() * kLanes);
+      T* tile_cov = cov ? cov + start * P : cov_buf.data();  // its items from the start of its rows
       const int32_t* ids = w.ids + start;
-      cover(w.tris.data(), ids, it, P, inv_sigma, px, py, tile_cov);
+      cover(w.tris.data(), ids, it, inv_sigma, px, py, tile_cov);
       const T* bg = background + b * 3;
       std::fill(c0, c0 + P, bg[0]);
       std::fill(c1, c1 + P, bg[1]);
       std::fill(c2, c2 + P, bg[2]);
       std::fill(tr, tr + P, T(1));
-      composite(w.tris.data(), ids, it, P, tile_cov, c0, c1, c2, tr);
+      composite(w.tris.data(), ids, it, tile_cov, c0, c1, c2, tr);
       for (int64_t p = 0; p < P; ++p) {
         const int64_t i = sc.index[p];
         if (i < 0) continue;
@@ -666,7 +669,7 @@ void backward_kernel(const Walk<T>& w, const T* background, T sigma, const T* sa
     T *tr = sc.row(6);
     const Behind<T> st{g0, g1, g2, ga, sc.row(7), sc.row(8), sc.row(9), sc.row(10)};
     Items it;
-    // (list length, P) each: coverage (when not kept), transmittance above then dL/da, weight T_above a
+    // (items, kLanes) each: coverage (when not kept), transmittance above then dL/da, weight T_above a
     std::vector<T> cov_buf, da_buf, weight_buf, acc;
 #pragma omp for schedule(dynamic, chunk)
     for (int64_t tile = 0; tile < g.tiles(); ++tile) {
@@ -686,12 +689,12 @@ void backward_kernel(const Walk<T>& w, const T* background, T sigma, const T* sa
       w.items(tile, it, live, nullptr);
       const int32_t* ids = w.ids + start;
       const Tri<T>* tris = w.tris.data();
-      if (!saved) cov_buf.resize(len * P);
+      if (!saved) cov_buf.resize(it.size() * kLanes);
       const T* cov = saved ? saved + start * P : cov_buf.data();
-      if (!saved) cover(tris, ids, it, P, inv_sigma, px, py, cov_buf.data());
-      da_buf.resize(len * P);
+      if (!saved) cover(tris, ids, it, inv_sigma, px, py, cov_buf.data());
+      da_buf.resize(it.size() * kLanes);
       std::fill(tr, tr + P, T(1));
-      shade(tris, ids, it, P, cov, da_buf.data(), tr);
+      shade(tris, ids, it, cov, da_buf.data(), tr);
       T gbg0 = 0, gbg1 = 0, gbg2 = 0;
       for (int64_t p = 0; p < P; ++p) {  // tr is now the final transmittance, dC/d(background)
         gbg0 += g0[p] * tr[p];
@@ -701,15 +704,15 @@ void backward_kernel(const Walk<T>& w, const T* background, T sigma, const T* sa
       tile_bg[tile * 3] = gbg0;
       tile_bg[tile * 3 + 1] = gbg1;
       tile_bg[tile * 3 + 2] = gbg2;
-      weight_buf.resize(len * P);
+      weight_buf.resize(it.size() * kLanes);
       const T* bg = background + b * 3;
       std::fill(st.b0, st.b0 + P, bg[0]);
       std::fill(st.b1, st.b1 + P, bg[1]);
       std::fill(st.b2, st.b2 + P, bg[2]);
       std::fill(st.below, st.below + P, T(1));
-      settle(tris, ids, it, P, cov, da_buf.data(), weight_buf.data(), st);
+      settle(tris, ids, it, cov, da_buf.data(), weight_buf.data(), st);
       acc.assign(len * kGrads * kLanes, T(0));
-      gradients(tris, ids, it, P, inv_sigma, px, py, g0, g1, g2, cov, weight_buf.data(), da_buf.data(), acc.data());
+      gradients(tris, ids, it, inv_sigma, px, py, g0, g1, g2, cov, weight_buf.data(), da_buf.data(), acc.data());
       for (int64_t j = 0; j < len; ++j) {  // lanes added in a fixed order
         T* out = pair_grads + (start + j) * kGrads;
         for (int i = 0; i < kGrads; ++i) {
