@@ -452,11 +452,10 @@ __attribute__((noinline)) void composite(const Tri<T>* __restrict tris, const in
   for (int64_t i = 0; i < it.size(); ++i) {
     const Tri<T>& tri = tris[ids[it.entry[i]]];
     const T op = tri.op, r = tri.c[0], g = tri.c[1], b = tri.c[2];
-    const int64_t p0 = int64_t(it.block[i]) * kLanes;
-    const T* __restrict s = cov + i * kLanes - p0;
+    const int64_t p0 = int64_t(it.block[i]) * kLanes, row = i * kLanes - p0;
 #pragma omp simd
     for (int64_t p = p0; p < p0 + kLanes; ++p) {
-      const T a = op * s[p];
+      const T a = op * cov[row + p];
       c0[p] = a * r + (T(1) - a) * c0[p];
       c1[p] = a * g + (T(1) - a) * c1[p];
       c2[p] = a * b + (T(1) - a) * c2[p];
