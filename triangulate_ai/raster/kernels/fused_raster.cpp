@@ -554,6 +554,24 @@ __attribute__((noinline)) void gradients(const Tri<T>* __restrict tris, const in
   }
 }
 
+// Each row of kLanes values summed into one, as a tree of halves: a fixed order (results do not
+// depend on threads or schedule) whose adds are independent, where a running sum over the lanes
+// is a chain of kLanes dependent adds per row.
+template <typename T>
+inline void lane_sums(const T* __restrict rows, int64_t count, T* __restrict out) {
+  for (int64_t r = 0; r < count; ++r) {
+    const T* __restrict x = rows + r * kLanes;
+    T h[kLanes / 2];
+#pragma omp simd
+    for (int l = 0; l < kLanes / 2; ++l) h[l] = x[l] + x[l + kLanes / 2];
+#pragma GCC unroll 8
+    for (int w = kLanes / 4; w >= 1; w /= 2)
+#pragma GCC unroll 8
+      for (int l = 0; l < w; ++l) h[l] += h[l + w];
+    out[r] = h[0];
+  }
+}
+
 // Per-thread buffers, sized for one tile: pixel state as named rows of one block.
 template <typename T>
 struct Scratch {
@@ -712,14 +730,7 @@ void backward_kernel(const Walk<T>& w, const T* background, T sigma, const T* sa
       settle(tris, ids, it, cov, da_buf.data(), weight_buf.data(), st);
       acc.assign(len * kGrads * kLanes, T(0));
       gradients(tris, ids, it, inv_sigma, px, py, g0, g1, g2, cov, weight_buf.data(), da_buf.data(), acc.data());
-      for (int64_t j = 0; j < len; ++j) {  // lanes added in a fixed order
-        T* out = pair_grads + (start + j) * kGrads;
-        for (int i = 0; i < kGrads; ++i) {
-          T sum = 0;
-          for (int l = 0; l < kLanes; ++l) sum += acc[(j * kGrads + i) * kLanes + l];
-          out[i] = sum;
-        }
-      }
+      lane_sums(acc.data(), len * kGrads, pair_grads + start * kGrads);
     }
   }
 }
