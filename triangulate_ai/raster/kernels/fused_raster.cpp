@@ -88,6 +88,10 @@ struct Tri {
   T len2[3], il[3];               // max(|e|^2, 1e-12) and its inverse
   T area;  // twice the signed area; NaN for a zero-area triangle, which has no inside (NaN fails >= 0)
   T c[3], op;
+  // 0 and 1, the bounds of an edge's closest-point parameter, as values the compiler cannot see:
+  // with literal bounds it folds the clamp into the products t ex and t ey and clamps those with
+  // compares and blends, about 12 instructions per edge and block where max and min are 2
+  T lo, hi;
 };
 
 // Distance terms of a pixel, computed with the operations of render/sdf.py in the same order
@@ -106,7 +110,8 @@ inline void edges(const Tri<T>& tri, T px, T py, Edges<T>& e) {
   for (int k = 0; k < 3; ++k) {
     const T wx = px - tri.ax[k], wy = py - tri.ay[k];
     T t = (wx * tri.ex[k] + wy * tri.ey[k]) / tri.len2[k];
-    t = t < T(0) ? T(0) : (t > T(1) ? T(1) : t);
+    t = tri.lo > t ? tri.lo : t;  // max then min, NaN stays NaN (see Tri::lo)
+    t = tri.hi < t ? tri.hi : t;
     e.t[k] = t;
     e.dx[k] = wx - t * tri.ex[k];
     e.dy[k] = wy - t * tri.ey[k];
@@ -302,6 +307,8 @@ std::vector<Tri<T>> prepare(const at::Tensor& verts, const at::Tensor& colors, c
       const T area = (p[2] - p[0]) * (p[5] - p[1]) - (p[3] - p[1]) * (p[4] - p[0]);
       tri.area = area != T(0) ? area : std::numeric_limits<T>::quiet_NaN();
       tri.op = o[f];
+      tri.lo = T(0);
+      tri.hi = T(1);
     }
   });
   return tris;
