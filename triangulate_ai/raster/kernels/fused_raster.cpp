@@ -243,21 +243,20 @@ int64_t live_blocks(const Reach<T>& r, T x0, T y0, T grow, const Blocks<T>& bl, 
                     int32_t* __restrict block) {
   const T limit = -grow - T(1e-3);  // a rounding margin: never drop a pixel at the bin margin
   const int64_t nb = bl.size();
-  // per edge, the block corner farthest along n, as an offset from the tile corner
-  const T* far_x[3];
-  const T* far_y[3];
+  // per edge, the line's value at the tile corner; a block's farthest corner along n adds
+  // max(nx x0, nx x1) + max(ny y0, ny y1) of its corners' offsets (the product with the larger
+  // coordinate where n > 0, as choosing the corner by n's sign gives, but without a branch on it)
   T base[3];
-  for (int k = 0; k < 3; ++k) {
-    far_x[k] = r.nx[k] > T(0) ? bl.x1.data() : bl.x0.data();
-    far_y[k] = r.ny[k] > T(0) ? bl.y1.data() : bl.y0.data();
-    base[k] = r.nx[k] * x0 + r.ny[k] * y0 + r.off[k];
-  }
+  for (int k = 0; k < 3; ++k) base[k] = r.nx[k] * x0 + r.ny[k] * y0 + r.off[k];
   int64_t count = 0;
   for (int64_t b = 0; b < nb; ++b) {  // bitwise, not short-circuit: no data-dependent branch
     bool out = (x0 + bl.x1[b] < r.lo_x) | (x0 + bl.x0[b] > r.hi_x) | (y0 + bl.y1[b] < r.lo_y) |
                (y0 + bl.y0[b] > r.hi_y);
 #pragma GCC unroll 3
-    for (int k = 0; k < 3; ++k) out |= base[k] + r.nx[k] * far_x[k][b] + r.ny[k] * far_y[k][b] < limit;
+    for (int k = 0; k < 3; ++k) {
+      const T ax = r.nx[k] * bl.x0[b], bx = r.nx[k] * bl.x1[b], ay = r.ny[k] * bl.y0[b], by = r.ny[k] * bl.y1[b];
+      out |= base[k] + (bx > ax ? bx : ax) + (by > ay ? by : ay) < limit;
+    }
     entry[count] = j;  // written always, kept only when live
     block[count] = static_cast<int32_t>(b);
     count += !out;
