@@ -515,38 +515,6 @@ __attribute__((noinline)) void settle(const Tri<T>* __restrict tris, const int32
   }
 }
 
-// Backward, the independent part: each item's gradients as per-lane partial sums, added into its
-// entry's (kGrads, kLanes) accumulator (an entry's items come in block order: a fixed order).
-template <typename T>
-__attribute__((noinline)) void gradients(const Tri<T>* __restrict tris, const int32_t* __restrict ids,
-                                         const Items& it, T inv_sigma, const T* __restrict px,
-                                         const T* __restrict py, const T* __restrict g0, const T* __restrict g1,
-                                         const T* __restrict g2, const T* __restrict cov, const T* __restrict weight,
-                                         const T* __restrict d_alpha, T* __restrict acc) {
-  for (int64_t i = 0; i < it.size(); ++i) {
-    const Tri<T> tri = tris[ids[it.entry[i]]];
-    const int64_t p0 = int64_t(it.block[i]) * kLanes, row = i * kLanes - p0;
-    T* __restrict out = acc + it.entry[i] * (kGrads * kLanes);
-#pragma omp simd
-    for (int l = 0; l < kLanes; ++l) {
-      const int64_t p = p0 + l;
-      const T s = cov[row + p], d_a = d_alpha[row + p], w = weight[row + p];
-      const VertexGrad<T> vg = signed_distance_grad(tri, px[p], py[p]);
-      const T d_sd = d_a * tri.op * s * (T(1) - s) * inv_sigma;
-      out[0 * kLanes + l] += d_sd * vg.x0;
-      out[1 * kLanes + l] += d_sd * vg.y0;
-      out[2 * kLanes + l] += d_sd * vg.x1;
-      out[3 * kLanes + l] += d_sd * vg.y1;
-      out[4 * kLanes + l] += d_sd * vg.x2;
-      out[5 * kLanes + l] += d_sd * vg.y2;
-      out[6 * kLanes + l] += w * g0[p];
-      out[7 * kLanes + l] += w * g1[p];
-      out[8 * kLanes + l] += w * g2[p];
-      out[9 * kLanes + l] += d_a * s;
-    }
-  }
-}
-
 // Each row of kLanes values summed into one, as a tree of halves: a fixed order (results do not
 // depend on threads or schedule) whose adds are independent, where a running sum over the lanes
 // is a chain of kLanes dependent adds per row.
@@ -562,6 +530,47 @@ inline void lane_sums(const T* __restrict rows, int64_t count, T* __restrict out
 #pragma GCC unroll 8
       for (int l = 0; l < w; ++l) h[l] += h[l + w];
     out[r] = h[0];
+  }
+}
+
+// Backward, the independent part: each item's gradients as per-lane partial sums, added into its
+// entry's (kGrads, kLanes) accumulator, which is summed over its lanes into the entry's row of
+// `sums` (len, kGrads) once the entry's items (consecutive, in block order: a fixed order) are
+// done. One accumulator, hot in L1, where one per entry (the tile's whole list) took a memset
+// and a pass through L2 per tile. Entries without items get zeros.
+template <typename T>
+__attribute__((noinline)) void gradients(const Tri<T>* __restrict tris, const int32_t* __restrict ids,
+                                         const Items& it, T inv_sigma, const T* __restrict px,
+                                         const T* __restrict py, const T* __restrict g0, const T* __restrict g1,
+                                         const T* __restrict g2, const T* __restrict cov, const T* __restrict weight,
+                                         const T* __restrict d_alpha, int64_t len, T* __restrict sums) {
+  std::fill(sums, sums + len * kGrads, T(0));
+  alignas(64) T acc[kGrads * kLanes];
+  for (int64_t i = 0; i < it.size();) {
+    const int32_t j = it.entry[i];
+    const Tri<T>& tri = tris[ids[j]];
+    std::fill(acc, acc + kGrads * kLanes, T(0));
+    for (; i < it.size() && it.entry[i] == j; ++i) {
+      const int64_t p0 = int64_t(it.block[i]) * kLanes, row = i * kLanes - p0;
+#pragma omp simd
+      for (int l = 0; l < kLanes; ++l) {
+        const int64_t p = p0 + l;
+        const T s = cov[row + p], d_a = d_alpha[row + p], w = weight[row + p];
+        const VertexGrad<T> vg = signed_distance_grad(tri, px[p], py[p]);
+        const T d_sd = d_a * tri.op * s * (T(1) - s) * inv_sigma;
+        acc[0 * kLanes + l] += d_sd * vg.x0;
+        acc[1 * kLanes + l] += d_sd * vg.y0;
+        acc[2 * kLanes + l] += d_sd * vg.x1;
+        acc[3 * kLanes + l] += d_sd * vg.y1;
+        acc[4 * kLanes + l] += d_sd * vg.x2;
+        acc[5 * kLanes + l] += d_sd * vg.y2;
+        acc[6 * kLanes + l] += w * g0[p];
+        acc[7 * kLanes + l] += w * g1[p];
+        acc[8 * kLanes + l] += w * g2[p];
+        acc[9 * kLanes + l] += d_a * s;
+      }
+    }
+    lane_sums(acc, kGrads, sums + int64_t(j) * kGrads);
   }
 }
 
@@ -680,7 +689,7 @@ void backward_kernel(const Walk<T>& w, const T* background, T sigma, const T* sa
     const Behind<T> st{g0, g1, g2, ga, sc.row(5), sc.row(6), sc.row(7), sc.row(8)};
     Items it;
     // (items, kLanes) each: coverage (when not kept), transmittance above then dL/da, weight T_above a
-    std::vector<T> cov_buf, da_buf, weight_buf, acc;
+    std::vector<T> cov_buf, da_buf, weight_buf;
 #pragma omp for schedule(dynamic, chunk)
     for (int64_t tile = 0; tile < g.tiles(); ++tile) {
       const int64_t b = tile / g.per_image(), start = w.offsets[tile], len = w.offsets[tile + 1] - start;
@@ -723,9 +732,8 @@ void backward_kernel(const Walk<T>& w, const T* background, T sigma, const T* sa
       std::fill(st.b2, st.b2 + P, bg[2]);
       std::fill(st.below, st.below + P, T(1));
       settle(tris, ids, it, cov, da_buf.data(), weight_buf.data(), st);
-      acc.assign(len * kGrads * kLanes, T(0));
-      gradients(tris, ids, it, inv_sigma, px, py, g0, g1, g2, cov, weight_buf.data(), da_buf.data(), acc.data());
-      lane_sums(acc.data(), len * kGrads, pair_grads + start * kGrads);
+      gradients(tris, ids, it, inv_sigma, px, py, g0, g1, g2, cov, weight_buf.data(), da_buf.data(), len,
+                pair_grads + start * kGrads);
     }
   }
 }
