@@ -218,7 +218,6 @@ template <typename T>
 struct Blocks {
   std::vector<T> x0, x1, y0, y1;
   Blocks(int64_t tile, int64_t count) : x0(count), x1(count), y0(count), y1(count) {
-    tile_x1 = static_cast<T>(tile - 1) + T(0.5);
     for (int64_t b = 0; b < count; ++b) {
       const int64_t first = b * kLanes, last = first + kLanes - 1;
       const int64_t r0 = first / tile, r1 = last / tile;
@@ -229,7 +228,6 @@ struct Blocks {
     }
   }
   int64_t size() const { return static_cast<int64_t>(x0.size()); }
-  T tile_x1 = 0;  // the tile's last pixel centre column
 };
 
 // The blocks of the tile with corner (x0, y0) that hold a pixel within `grow` of the triangle,
