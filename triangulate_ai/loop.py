@@ -87,7 +87,7 @@ class Fitter:
         balancer_params = self.balancer.loop_parameters()
         if balancer_params:
             groups.append({"name": "balancer", "params": balancer_params, "lr": self.balancer.lr})
-        self.optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), fused=True)
+        self.optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas))
         shared = [self.triangles.positions]
         if cfg.loss.shared_params == "all":
             shared += [self.triangles.color_logits, self.triangles.opacity_logits]
