@@ -3,7 +3,7 @@
 
 import sys
 
-from triangulate_ai.model.cli import main
+from triangulate_ai.errors import run_command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("triangulate_ai.model.cli"))

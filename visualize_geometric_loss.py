@@ -11,7 +11,7 @@ Examples:
 
 import sys
 
-from triangulate_ai.experiments.visualize import main
+from triangulate_ai.errors import run_command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("triangulate_ai.experiments.visualize"))

@@ -61,13 +61,24 @@ def test_grid_runs_reports_and_resumes(executor, tmp_path, capsys):
     assert [p.stat().st_mtime_ns for p in summaries] == stamps
 
 
-def test_a_failed_run_is_recorded_and_the_others_finish(tmp_path):
-    config = _ablation(tmp_path, "local", images=("a.png", "missing.png"))
+def test_a_failed_run_is_recorded_the_others_finish_and_the_exit_code_says_so(tmp_path, capsys):
+    config = _ablation(tmp_path, "local")
     assert main(["--config", str(config)]) == 0
+    folder = tmp_path / "out" / "gm" / "a_seed0"
+    (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["completed"] = False  # as if it had been stopped: it resumes, from the broken checkpoint
+    (folder / "summary.json").write_text(json.dumps(summary))
+    capsys.readouterr()
+    assert main(["--config", str(config)]) == 1
+    captured = capsys.readouterr()
+    assert "gm / a / seed 0: failed (exit 2, see failed.json)" in captured.out
+    assert "1 of 1 runs failed (see failed.json in their folders)" in captured.err
+    assert "checkpoint.pt" in json.loads((folder / "failed.json").read_text())["error"]
     rows = _rows(tmp_path)
     failed = [r for r in rows if r["status"] == "failed"]
-    assert len(failed) == 4 and all("image not found" in r["error"] for r in failed)
-    assert sum(r["status"] == "ok" for r in rows) == 4
+    assert len(failed) == 1 and "checkpoint.pt" in failed[0]["error"]
+    assert sum(r["status"] == "ok" for r in rows) == 3
     assert "Runs without a result" in (tmp_path / "out" / "results.md").read_text()
 
 

@@ -200,6 +200,111 @@ def test_bad_model_checkpoints_are_one_line_and_run_nothing(kind, trained, data,
     assert not marker.exists() and not out.exists() and _files(folder) == before
 
 
+def _rewritten(trained: Path, folder: Path, change) -> Path:
+    for name, content in _files(trained).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(content)
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    change(state)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    (folder / "checkpoint.pt").write_bytes(buffer.getvalue())
+    return folder
+
+
+def _first_weight_nan(state: dict) -> None:
+    next(v for v in state["trainer"]["model"].values() if v.is_floating_point()).fill_(float("nan"))
+
+
+LOADS_BADLY = {  # what a prediction (--init-from-model, load_model) and a resume must refuse, by name
+    "model_list": (lambda s: s["trainer"].__setitem__("model", [1, 2]), "trainer.model is a list, not a mapping"),
+    "model_text": (lambda s: s["trainer"].__setitem__("model", "weights"), "trainer.model is a str, not a mapping"),
+    "nan_weights": (_first_weight_nan, "holds NaN or infinite values"),
+    "missing_weight": (lambda s: s["trainer"]["model"].pop("head.embedding"), "missing: 'head.embedding'"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LOADS_BADLY))
+def test_model_checkpoints_with_wrong_values_are_refused_before_any_folder(kind, trained, data, tmp_path, capsys):
+    change, message = LOADS_BADLY[kind]
+    folder = _rewritten(trained, tmp_path / "copy", change)
+    before = _files(folder)
+    out = tmp_path / "fit"
+    capsys.readouterr()
+    assert fit_main(["--image", str(data / "img0.png"), "--out", str(out), "--init-from-model", str(folder),
+                     "--set", "triangles.count=8", "--set", "eval.lpips.weights=random"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and str(folder / "checkpoint.pt") in err[0], err
+    assert not out.exists()
+    assert model_cli.main(["--resume", str(folder), "--epochs", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert _files(folder) == before
+
+
+@pytest.mark.parametrize("key, value", [("history", [1, 2]), ("warnings", [{"kind": 3}])])
+def test_a_resume_refuses_a_damaged_history_without_touching_the_folder(key, value, trained, tmp_path, capsys):
+    folder = _rewritten(trained, tmp_path / "copy", lambda s: s["recorder"].__setitem__(key, value))
+    before = _files(folder)
+    capsys.readouterr()
+    assert model_cli.main(["--resume", str(folder), "--epochs", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"recorder.{key}.0" in err[0], err
+    assert _files(folder) == before
+
+
+@pytest.mark.parametrize("key, value", [("triangles", {"count": 10**6}), ("model", {"input_size": 4096})])
+def test_a_checkpoints_config_is_checked_against_memory_before_anything_is_built(key, value, trained, tmp_path,
+                                                                                 monkeypatch):
+    import triangulate_ai.memory as memory
+
+    folder = _rewritten(trained, tmp_path / "copy", lambda s: s["config"][key].update(value))
+    monkeypatch.setattr(memory, "available_bytes", lambda: 64 * 2**20)  # a machine of 64 MiB
+    with pytest.raises(UserError, match=r"its model \(.*\) needs about .* the 64 MiB available"):
+        load_model(folder)
+
+
+def test_a_checkpoint_asking_for_a_billion_triangles_is_refused_at_once(trained, tmp_path):
+    folder = _rewritten(trained, tmp_path / "copy", lambda s: s["config"]["triangles"].update(count=10**9))
+    with pytest.raises(UserError, match="1000000000 triangles"):  # estimated on the meta device: nothing allocated
+        load_model(folder)
+    folder = _rewritten(trained, tmp_path / "copy2", lambda s: s["config"]["triangles"].update(count="many"))
+    with pytest.raises(UserError, match=r"\(its config\): triangles.count = 'many'"):
+        load_model(folder)
+
+
+def test_training_is_checked_against_memory_before_the_network_is_built(data, tmp_path, monkeypatch, capsys):
+    import triangulate_ai.memory as memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 600 * 2**20)
+    assert train(data, tmp_path / "run", "triangles.count=100000") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a model of 100000 triangles" in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_nothing_to_do_changes_no_file_but_the_summary(trained, tmp_path):
+    folder = _rewritten(trained, tmp_path / "copy", lambda s: None)
+    (folder / ".checkpoint.pt.a1b2c3d4.tmp").write_bytes(b"half a checkpoint")  # a kill -9 mid-write
+    before = _files(folder)
+    assert model_cli.main(["--resume", str(folder)]) == 0
+    after = _files(folder)
+    assert ".checkpoint.pt.a1b2c3d4.tmp" not in after
+    assert after["config.yaml"] == before["config.yaml"] and after["checkpoint.pt"] == before["checkpoint.pt"]
+
+
+def test_a_training_killed_before_its_first_checkpoint_resumes_from_step_0(data, tmp_path, capsys):
+    folder = tmp_path / "run"
+    assert train(data, folder, epochs=1) == 0
+    for name in list(_files(folder)):
+        if name != "config.yaml":
+            (folder / name).unlink()
+    capsys.readouterr()
+    assert model_cli.main(["--resume", str(folder)]) == 0
+    assert "starting it again from step 0" in capsys.readouterr().out
+    assert json.loads((folder / "summary.json").read_text())["completed"]
+
+
 @pytest.mark.parametrize("values, message", [
     (["optim.iterations=5"], "'optim' is a setting of per-image fits"),
     (["train.epoch=3"], "unknown key 'train.epoch'; did you mean 'epochs'?"),

@@ -200,3 +200,138 @@ def test_readme_and_docs_stand_alone():
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]:
         text = path.read_text()
         assert "REFERENCES.md" not in text and "../shared" not in text, path
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_images_over_pillows_pixel_limit_are_one_line_and_write_nothing(image_path, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the 64x64 picture is then over twice the limit
+    for images in ([str(image_path)], [str(image_path), str(image_path.parent)]):
+        assert main(["--image", *images, "--out", str(tmp_path / "run"), *QUICK]) == 2
+        line = _one_error_line(capsys)
+        assert "(4,096 pixels) has more pixels than Pillow decodes (2,000" in line and str(image_path) in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_pickled_weights_file_is_refused_in_one_line_without_running_it(image_path, tmp_path, capsys):
+    marker = tmp_path / "marker"
+    evil = tmp_path / "EVIL.pt"
+    torch.save({"features.0.weight": _Marker(marker)}, evil)
+    out = tmp_path / "run"
+    assert main(["--image", str(image_path), "--out", str(out), *QUICK,
+                 "--set", f"loss.terms.vgg={{weights: {json.dumps(str(evil))}}}"]) == 2
+    line = _one_error_line(capsys)
+    assert "not a state dict of tensors" in line and "weights_only" not in line
+    assert not marker.exists() and not out.exists()
+
+
+def test_a_fully_transparent_image_is_refused(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGBA", (32, 32), (200, 10, 10, 0)).save(tmp_path / "clear.png")
+    assert main(["--image", str(tmp_path / "clear.png"), "--out", str(tmp_path / "run"), *QUICK]) == 2
+    assert "fully transparent" in _one_error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def _strict_json(text: str):
+    def refuse(token: str):
+        raise AssertionError(f"{token} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_run_files_hold_standard_json_even_when_a_number_is_infinite(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (0, 0, 0)).save(tmp_path / "flat.png")  # its flat-mean PSNR is infinite
+    out = tmp_path / "run"
+    assert main(["--image", str(tmp_path / "flat.png"), "--out", str(out), *QUICK, "--set", "optim.iterations=3"]) == 0
+    summary = _strict_json((out / "summary.json").read_text())
+    assert summary["psnr_flat_mean"] is None  # infinite: written as null (README, run folder)
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        _strict_json(line)
+    _strict_json((out / "triangles.json").read_text())
+
+
+@pytest.mark.parametrize("value, message", [("1000", "above 89.0 dB, the highest PSNR an 8-bit drawing of a 64x64"),
+                                            ("0", "greater than 0"), ("-3", "greater than 0")])
+def test_an_unreachable_target_psnr_is_one_line(value, message, image_path, tmp_path, capsys):
+    assert main(["--image", str(image_path), "--out", str(tmp_path / "run"), *QUICK, "--target-psnr", value]) == 2
+    assert message in _one_error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("module, args", [
+    ("triangulate_ai.cli", ["--seeds", "a"]),
+    ("triangulate_ai.model.cli", ["--epochs", "many"]),
+    ("triangulate_ai.experiments.ablate", ["--workers", "x", "--config", "a.yaml"]),
+    ("triangulate_ai.experiments.visualize", ["analytic", "--low", "low"]),
+    ("triangulate_ai.experiments.visualize", ["sideways"]),
+])
+def test_a_bad_argument_is_one_line_with_argparses_exit_code(module, args, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as caught:
+        importlib.import_module(module).main(args)
+    assert caught.value.code == 2
+    assert "--help" in _one_error_line(capsys)
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_leaves_no_half_made_folder(image_path, tmp_path, monkeypatch, capsys):
+    import triangulate_ai.api as api
+
+    def interrupted(*args, **kwargs):  # Ctrl-C after the folder and its config.yaml were made
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "RunRecorder", interrupted)
+    out = tmp_path / "run"
+    try:
+        code = main(["--image", str(image_path), "--out", str(out), *QUICK])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C during start-up escaped as a traceback")
+    assert code == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["interrupted (Ctrl-C)"]
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see torch loading")
+def test_ctrl_c_while_torch_loads_is_one_line(image_path, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--image", str(image_path), "--out", str(out),
+                                *QUICK], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a shell's Ctrl-C
+    deadline = time.monotonic() + 120  # a guard against hanging, not a speed limit
+    maps = Path(f"/proc/{process.pid}/maps")
+    while "libtorch" not in maps.read_text():  # torch's libraries are loading: we are in the imports
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_the_landscape_tool_checks_everything_before_making_its_folder(tmp_path, capsys):
+    from triangulate_ai.experiments.visualize import main as visualize
+
+    out = tmp_path / "figures"
+    assert visualize(["empirical", "--run", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "no checkpoint.pt" in _one_error_line(capsys)
+    assert visualize(["curves", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "not a run folder" in _one_error_line(capsys)
+    assert not out.exists()
+    existing = tmp_path / "file.png"
+    existing.write_bytes(b"precious")
+    for target in (existing, existing / "inside", Path("/proc/no/such/place")):
+        assert visualize(["analytic", "--out", str(target)]) == 2
+        assert f"--out {target}" in _one_error_line(capsys)
+    assert existing.read_bytes() == b"precious"

@@ -12,6 +12,7 @@ before anything is written. Nothing here prints; callers decide what to show.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +20,19 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
-from .config import Config, RenderConfig, load_config
+from .config import Config, RenderConfig, load_config, safe_load
 from .errors import UserError
 from .export import scene_to_dict, svg_from_dict
 from .loop import Fitter, Observer, resolve_device
 from .init import resolve_background
-from .io import TargetImage, image_from_array, load_image, save_png, write_atomic, write_json
+from .io import TargetImage, image_from_array, load_image, remove_temporaries, save_png, write_atomic, write_json
 from .memory import check_memory
 from .metrics import Evaluator
 from .raster import Scene, make_renderer
-from .run import CHECKPOINT, RunRecorder, load_scene_states, read_checkpoint
+from .run import CHECKPOINT, RunRecorder, check_recorder_state, load_scene_states, read_checkpoint
 from .triangles import TriangleSet
 
 ImageLike = str | Path | np.ndarray | Image.Image
@@ -125,6 +127,23 @@ def random_network_warnings(cfg: Config) -> list[str]:
                 "its values are not comparable with pretrained ones"
             lines.append(f"{key}=random: a randomly initialised network; {what} (recorded in summary.json)")
     return lines
+
+
+def check_target_psnr(target: float | None, width: int, height: int) -> None:
+    """A target PSNR an 8-bit drawing of a `width` x `height` image can reach: at most that of one
+    colour value off by one level (above it only an exact copy scores, at infinity)."""
+    highest = 10 * math.log10(255**2 * 3 * width * height)
+    if target is not None and target > highest:
+        raise UserError(f"optim.target_psnr = {target:g} dB: above {highest:.1f} dB, the highest PSNR an 8-bit "
+                        f"drawing of a {width}x{height} image can score short of an exact copy")
+
+
+def holds_config(path: Path, cfg: Config) -> bool:
+    """Whether the config.yaml at `path` already says what `cfg` says (values, not formatting)."""
+    try:
+        return safe_load(path.read_text()) == cfg.dump()
+    except (OSError, yaml.YAMLError):
+        return False
 
 
 def check_folder(folder: Path) -> None:
@@ -223,6 +242,7 @@ class Run:
                 check_folder(job.folder)
         self.device = resolve_device(first.device)
         width, height = self.images[0].size
+        check_target_psnr(first.optim.target_psnr, width, height)
         check_memory(first, batch=len(jobs), height=height, width=width, device=self.device)
         torch.manual_seed(first.seed)
         prepared = [prepare_target(image, job.cfg, self.device) for image, job in zip(self.images, jobs)]
@@ -234,25 +254,44 @@ class Run:
         self.evaluators = [Evaluator(p[0], first.eval.lpips, self.device) for p in prepared]
         states = [read_checkpoint(job.folder / CHECKPOINT, self.device) for job in jobs] if jobs[0].resume else None
         if states is not None:
+            for job, state in zip(jobs, states):
+                check_recorder_state(state, job.folder / CHECKPOINT, height, width)
             load_scene_states(self.fitter, states, [job.folder / CHECKPOINT for job in jobs])
         self.notes, self.folders = [], []
+        created: list[Path] = []
+        try:
+            self._open_folders(jobs, overwrite, created)
+            self.recorders = [
+                RunRecorder(folder, self.fitter, evaluator, scene=b, cfg=job.cfg,
+                            on_warning=(lambda w, b=b: on_warning(b, w)) if per_scene_warnings else on_warning)
+                for b, (folder, evaluator, job) in enumerate(zip(self.folders, self.evaluators, jobs))]
+            for recorder, state in zip(self.recorders, states or [None] * len(jobs)):
+                if state is not None:
+                    recorder.restore(self.fitter, state)
+                else:  # a run killed before its first periodic checkpoint can still be resumed
+                    recorder.save_checkpoint(self.fitter)
+        except BaseException:  # Ctrl-C or a failure before the first step: no half-made run folder stays
+            for folder in created:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self.results: list[FitResult | None] = [None] * len(jobs)
+
+    def _open_folders(self, jobs: list[Job], overwrite: bool, created: list[Path]) -> None:
+        """Each job's run folder: made (and listed in `created`) for a fresh run, cleared of an
+        interrupted write's temporaries for a resumed one; its config.yaml written unless it
+        already holds this config (a resume changes it only through --set)."""
         for job in jobs:
             folder = job.folder
             if folder is not None and not job.resume:
                 folder, note = make_folder(folder, overwrite)
+                created.append(folder)
                 if note:
                     self.notes.append(note)
-            if folder is not None:  # on resume too: --set may have changed values (e.g. more iterations)
+            elif folder is not None:
+                remove_temporaries(folder)
+            if folder is not None and not (job.resume and holds_config(folder / "config.yaml", job.cfg)):
                 write_atomic(folder / "config.yaml", job.cfg.to_yaml())
             self.folders.append(folder)
-        self.recorders = [
-            RunRecorder(folder, self.fitter, evaluator, scene=b, cfg=job.cfg,
-                        on_warning=(lambda w, b=b: on_warning(b, w)) if per_scene_warnings else on_warning)
-            for b, (folder, evaluator, job) in enumerate(zip(self.folders, self.evaluators, jobs))]
-        if states is not None:
-            for recorder, state in zip(self.recorders, states):
-                recorder.restore(self.fitter, state)
-        self.results: list[FitResult | None] = [None] * len(jobs)
 
     @staticmethod
     def _load(cfg: Config) -> TargetImage:

@@ -17,19 +17,18 @@ from tqdm import tqdm
 
 from .api import FitFailed, Job, Run, budget_values, check_folder, random_network_warnings
 from .config import Config, load_config
-from .errors import UserError, one_line_errors, program_name
+from .errors import EXIT_INTERRUPTED, ArgumentParser, UserError, one_line_errors, program_name
 from .loop import Fitter
 from .io import TargetImage, expand_images, load_image, write_atomic
 from .progress import ProgressBar, print_warning
 from .run import CHECKPOINT
 from .stop import StopRequest
 
-EXIT_INTERRUPTED = 130
 DEFAULT_BATCH = 8  # scenes per launch; see the README's batching figures
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=program_name(), description="Fit an image with learnable triangles.")
+    parser = ArgumentParser(prog=program_name(), description="Fit an image with learnable triangles.")
     parser.add_argument("--config", type=Path, help="YAML config (defaults: configs/base.yaml)")
     parser.add_argument("--image", nargs="+", metavar="IMAGE",
                         help="target image(s): files, folders of images, or glob patterns (quoted); overrides "
@@ -78,7 +77,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.seeds:
         args.overrides = [*args.overrides, f"seed={args.seeds[0]}"]
     cfg, folder = _config_and_folder(args)
-    run = Run(cfg, folder, resume=args.resume is not None, overwrite=args.overwrite, on_warning=print_warning)
+    resume = args.resume is not None and (folder / CHECKPOINT).is_file()
+    if args.resume is not None and not resume:
+        print(f"{folder} has no {CHECKPOINT} (the run stopped before its first one): starting it again from step 0")
+    run = Run(cfg, folder, resume=resume, overwrite=args.overwrite or args.resume is not None, on_warning=print_warning)
     for line in random_network_warnings(cfg):
         print(f"warning: {line}", file=sys.stderr)
     if run.note:
@@ -270,8 +272,10 @@ def scenes_table(results) -> str:
 def _config_and_folder(args: argparse.Namespace) -> tuple[Config, Path]:
     if args.resume is not None:
         resolved = args.resume / "config.yaml"
-        if not (args.resume / CHECKPOINT).is_file() or not resolved.is_file():
-            raise UserError(f"nothing to resume in {args.resume}: it needs config.yaml and {CHECKPOINT}")
+        if not resolved.is_file():
+            raise UserError(f"nothing to resume in {args.resume}: it has no config.yaml")
+        if not (args.resume / CHECKPOINT).is_file() and (args.resume / "summary.json").is_file():
+            raise UserError(f"{args.resume} has a summary.json but no {CHECKPOINT}: it cannot be continued")
         if args.config or args.image or args.out:
             raise UserError("--resume takes its config, image and folder from the run; use --set to change values")
         values = budget_values(args.overrides, args.iterations, args.time, args.target_psnr)

@@ -114,7 +114,7 @@ def adam_betas(betas: list[float]) -> list[float]:
 class OptimConfig(Section):
     iterations: Optional[int] = Field(1000, ge=0)  # None: no step limit (then time_limit ends the run)
     time_limit: Optional[float] = Field(None, gt=0)  # seconds of the optimisation loop
-    target_psnr: Optional[float] = None  # dB of the hard-edged export, checked at each evaluation
+    target_psnr: Optional[float] = Field(None, gt=0)  # dB of the hard-edged export, checked at each evaluation
     lr: LearningRates = LearningRates()
     betas: list[float] = [0.9, 0.999]
 
@@ -290,7 +290,7 @@ class ScheduleConfig(Section):
     values: list[float] = []
     start_value: Optional[float] = None
     end_value: Optional[float] = None
-    start_step: float = Field(0, ge=0)
+    start_step: float = Field(0.0, ge=0)
     end_step: Optional[float] = None
 
     @model_validator(mode="after")
@@ -465,6 +465,19 @@ def load_config(path: str | Path | Config | None = None, overrides: list[str] | 
         layers = _read_chain(Path(path), ()) if path is not None else []
     layers += [(_nest(*_parse_override(item)), CLI) for item in overrides]
     layers += [(_nest(key, value), values_source) for key, value in (values or {}).items()]
+    return _validate(layers, schema)
+
+
+def config_from_mapping(data: Any, source: str, schema: type[Config] = Config) -> Config:
+    """A config from a mapping that was not read from YAML (a checkpoint's), validated exactly as
+    a YAML file is: the same one-line errors, naming `source`."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: the config must be a mapping of keys, got {type(data).__name__}")
+    return _validate([(data, source)], schema)
+
+
+def _validate(layers: list[tuple[dict, str]], schema: type[Config]) -> Config:
+    """The layers merged in order (later ones win) and validated against `schema`."""
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for data, source in layers:

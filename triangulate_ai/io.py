@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,11 @@ def load_image(path: str | Path, max_size: int = 0) -> TargetImage:
             pixels = _to_float(img)
     except UnidentifiedImageError:
         raise UserError(f"not an image file (Pillow cannot identify it): {path}") from None
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f" ({int(found[1]):,} pixels)" if found else ""
+        raise UserError(f"image {path}{size} has more pixels than Pillow decodes ({2 * Image.MAX_IMAGE_PIXELS:,}, its "
+                        "guard against decompression bombs); downscale it first") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
     return _target(path, pixels, max_size)
@@ -92,6 +99,8 @@ def _target(path: Path, pixels: np.ndarray, max_size: int) -> TargetImage:
         new = (max(1, round(width * scale)), max(1, round(height * scale)))
         colour = np.stack([_resize(colour[..., c], new) for c in range(3)], axis=-1)
         alpha = None if alpha is None else _resize(alpha, new)
+    if alpha is not None and alpha.max() <= 0.0:
+        raise UserError(f"image {path} is fully transparent: there is nothing to fit")
     if alpha is not None and alpha.min() >= 1.0:
         alpha = None
     return TargetImage(path, np.clip(colour, 0, 1).astype(np.float32),
@@ -126,6 +135,18 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file; mkstemp alone gives 0600
 
 
+TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # write_atomic's names: .NAME.XXXXXXXX.tmp
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete what write_atomic left in `folder` when its process died mid-write; only for a
+    folder this process is about to own (a resumed run)."""
+    stale = [p for p in folder.iterdir() if p.is_file() and TEMPORARY.match(p.name)] if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def write_atomic(path: str | Path, data: bytes | str) -> None:
     """Write to a temporary file beside `path`, then rename over it: readers see old or new.
     The file gets the user's usual permissions (umask), like any other file of the run."""
@@ -144,8 +165,26 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
         raise
 
 
+def finite_json(data: object) -> object:
+    """`data` with every NaN or infinite float replaced by None: JSON has no such numbers (Python
+    would write the non-standard tokens NaN and Infinity). In our files a null number is one that
+    was not finite, such as the infinite PSNR of an exact copy."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite_json(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(value) for value in data]
+    return data
+
+
+def json_text(data: object, indent: int | None = None) -> str:
+    """Standard JSON of `data`, non-finite numbers as null (finite_json)."""
+    return json.dumps(finite_json(data), indent=indent, allow_nan=False)
+
+
 def write_json(path: str | Path, data: object) -> None:
-    write_atomic(path, json.dumps(data, indent=2) + "\n")
+    write_atomic(path, json_text(data, indent=2) + "\n")
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -12,6 +12,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from .checkpoints import number, optimizer_state
 from .config import BALANCER_OPTIONS, Config, RegularizerConfig
 from .densify import Densifier
 from .errors import UserError
@@ -286,6 +287,15 @@ class Fitter:
             if "step" in param_state:
                 param_state["step"] = torch.tensor(float(done), device="cpu")
         return {**one, "step": done}
+
+    def state_template(self) -> dict:
+        """What a one-scene `state_dict` of this config holds (keys, tensor shapes and dtypes), for
+        checking a checkpoint before loading it (checkpoints.conform)."""
+        template = self.state_dict(0)
+        template["optimizer"] = optimizer_state(self.optimizer, [p.detach()[:1] for p in self._scene_params()])
+        template["step"] = number(minimum=0, integer=True)
+        template["elapsed"] = number(minimum=0)
+        return template
 
     def load_state_dict(self, state: dict) -> None:
         self.triangles.load_state_dict(state["triangles"])

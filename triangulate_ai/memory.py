@@ -57,15 +57,21 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
+def require(need: int, what: str, advice: str, limit: int | None = None) -> int:
+    """`need` bytes, or a UserError saying that `what` needs them, more than the memory available
+    (`limit`, default: what the system can give now), and what to do (`advice`)."""
+    limit = available_bytes() if limit is None else limit
+    if need > limit:
+        raise UserError(f"{what} needs about {_gib(need)} of memory (an estimate), more than the {_gib(limit)} "
+                        f"available; {advice}")
+    return need
+
+
 def check_memory(cfg: Config, batch: int, height: int, width: int, limit: int | None = None,
                  device: torch.device | str = "cpu") -> int:
     """The estimate, or a UserError naming it and the limit when it does not fit. (On CUDA the
     limit is still host memory: a rough guard, the device's own allocator reports the rest.)"""
     renderer = make_renderer(cfg.render, device)
-    need = estimate_bytes(cfg, batch, height, width, renderer)
-    limit = available_bytes() if limit is None else limit
-    if need > limit:
-        raise UserError(f"triangles.count = {cfg.triangles.count} on a {width}x{height} image needs about "
-                        f"{_gib(need)} of memory with the {renderer.name} renderer (an estimate), more than "
-                        f"the {_gib(limit)} available; use fewer triangles or a smaller image.max_size")
-    return need
+    return require(estimate_bytes(cfg, batch, height, width, renderer),
+                   f"triangles.count = {cfg.triangles.count} on a {width}x{height} image with the {renderer.name} "
+                   "renderer", "use fewer triangles or a smaller image.max_size", limit)

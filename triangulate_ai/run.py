@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import pickle
 import platform
 import time
 from pathlib import Path
@@ -20,12 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import __version__
+from . import __version__, checkpoints
+from .checkpoints import Mismatch, conform, number, refusal, shorten
 from .export import comparison_sheet, gif_bytes, rasterize_svg, scene_to_dict, svg_from_dict
 from .config import Config
 from .errors import UserError
 from .loop import Fitter, StepResult
-from .io import save_png, to_uint8, write_atomic, write_json
+from .io import json_text, save_png, to_uint8, write_atomic, write_json
 from .metrics import Evaluator, flat_mean_psnr, psnr_torch
 from .monitor import TensorBoardSink, WarningMonitor
 
@@ -51,27 +51,10 @@ def metric_series(folder: Path) -> dict[str, tuple[list[int], list[float]]]:
     return series
 
 
-def read_checkpoint(path: Path, device: torch.device, kind: str = CHECKPOINT_FORMAT,
-                    sections: tuple[str, ...] = ("fitter", "recorder")) -> dict:
-    """A checkpoint's state, loaded without running any code from the file (weights_only), and
-    checked to be one of ours: format `kind`, with dict `sections` (a fit's by default; a model
-    training's has its own). Anything else is a UserError naming the file."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no checkpoint there") from None
-    except pickle.UnpicklingError:
-        raise UserError(f"{path}: refused: it is not a checkpoint of tensors and plain values (loading its "
-                        "Python objects could run code from the file)") from None
-    except Exception as exc:  # corrupt or truncated: torch's messages are long, name only the kind
-        raise UserError(f"{path}: not a readable checkpoint: corrupt or truncated ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != kind:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise UserError(f"{path}: not a TriangulateAI checkpoint of format {kind} (found {found!r})")
-    for key in sections:
-        if not isinstance(state.get(key), dict):
-            raise UserError(f"{path}: checkpoint has no '{key}' section")
-    return state
+def read_checkpoint(path: Path, device: torch.device) -> dict:
+    """A fit's checkpoint, loaded without running code from the file; its sections are checked
+    against the run by load_scene_states (fitter) and check_recorder_state (recorder)."""
+    return checkpoints.read_checkpoint(path, device, CHECKPOINT_FORMAT, ("fitter", "recorder"))
 
 
 def load_fitter_state(fitter: Fitter, state: dict, path: Path) -> None:
@@ -81,14 +64,42 @@ def load_fitter_state(fitter: Fitter, state: dict, path: Path) -> None:
 
 
 def load_scene_states(fitter: Fitter, states: list[dict], paths: list[Path]) -> None:
-    """B one-scene checkpoints into a fitter of B scenes; mismatches are UserErrors naming a file."""
+    """B one-scene checkpoints into a fitter of B scenes. Each is checked against this config's
+    state first (keys, shapes, dtypes, finite values): a UserError naming the file and the value."""
+    template = fitter.state_template()
+    for state, path in zip(states, paths):
+        try:
+            conform(state["fitter"], template, "fitter")
+        except Mismatch as exc:
+            raise refusal(path, exc) from None
     try:
         fitter.load_scene_states([state["fitter"] for state in states])
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
-        reason = " ".join(str(exc).split())[:200]
         where = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more)"
         raise UserError(f"{where}: checkpoint does not fit this run's config "
-                        f"({type(exc).__name__}: {reason})") from None
+                        f"({type(exc).__name__}: {shorten(str(exc))})") from None
+
+
+def check_recorder_state(state: dict, path: Path, height: int, width: int) -> None:
+    """The recorder's section of a fit checkpoint for an image of `height` x `width`: GIF frames
+    (uint8, of this image's frame size), elapsed seconds, the initial metrics, the warnings.
+    Anything else is a UserError naming the file and the value."""
+    frame = _gif_frame(np.zeros((height, width, 3), np.float32)).shape
+
+    def frames(value, where: str) -> None:
+        if torch.is_tensor(value) and value.dtype == torch.uint8 and tuple(value.shape) == (0,):
+            return  # no frame yet: a checkpoint of step 0
+        checkpoints.tensor(torch.uint8, (None, *frame))(value, where)
+
+    initial = checkpoints.record(
+        {"psnr_initial": number(allow_inf=True), "ssim_initial": number(), "psnr_flat_mean": number(allow_inf=True)},
+        optional={"lpips_initial": number()})
+    spec = {"frames": frames, "elapsed": number(minimum=0), "initial": initial,
+            "warnings": checkpoints.list_of(checkpoints.WARNING)}
+    try:
+        conform(state["recorder"], spec, "recorder")
+    except Mismatch as exc:
+        raise refusal(path, exc) from None
 
 
 def to_numpy_image(image: torch.Tensor) -> np.ndarray:
@@ -211,7 +222,7 @@ class RunRecorder:
         if self.folder is None:
             return
         with open(self.folder / METRICS, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json_text(record) + "\n")
 
     def _elapsed_now(self) -> float:
         return self.elapsed + time.perf_counter() - self._clock
@@ -228,7 +239,7 @@ class RunRecorder:
             "format": CHECKPOINT_FORMAT,
             "fitter": fitter.state_dict(self.scene),  # this scene alone: an ordinary one-scene checkpoint
             "recorder": {"frames": frames, "elapsed": self._elapsed_now(), "initial": self.initial,
-                         "warnings": json.loads(json.dumps(self.warnings))},  # plain Python values only
+                         "warnings": json.loads(json_text(self.warnings))},  # plain Python values only
             "version": __version__,
         }
         buffer = io.BytesIO()
@@ -237,8 +248,10 @@ class RunRecorder:
 
     def resume(self, fitter: Fitter) -> None:
         """Restore the fitter and this recorder from the folder's checkpoint."""
-        state = read_checkpoint(self.folder / CHECKPOINT, fitter.target.device)
-        load_fitter_state(fitter, state, self.folder / CHECKPOINT)
+        path = self.folder / CHECKPOINT
+        state = read_checkpoint(path, fitter.target.device)
+        check_recorder_state(state, path, fitter.height, fitter.width)
+        load_fitter_state(fitter, state, path)
         self.restore(fitter, state)
 
     def restore(self, fitter: Fitter, state: dict) -> None:

@@ -3,11 +3,15 @@ own run folder, run by a local process pool or Ray, then summarised from the run
 
     triangulate-ablate --config configs/ablation/balancers.yaml
 
-A killed ablation resumes: finished runs are skipped, interrupted ones continue from their
-checkpoint, failed ones are tried again. A finished run is reused only while its config.yaml
-equals the config the ablation asks for now; otherwise the runner refuses, naming the keys.
-A failed run is recorded (failed.json) and does not stop the others. Each run is locked while
-it runs, so two runners never write into the same run folder; pool workers die with the runner.
+Every image of the grid is read before anything is written: missing or unreadable ones stop the
+ablation (exit code 2), each named on a line of its own. A killed ablation resumes: finished runs are
+skipped, interrupted ones continue from their checkpoint, failed ones are tried again. A finished
+run is reused only while its config.yaml equals the config the ablation asks for now; otherwise the
+runner refuses, naming the keys. A failed run is recorded (failed.json) and does not stop the
+others; the exit code is 1 when a run of this invocation failed (130 when one was interrupted).
+Each run is locked while it runs, and whether it is finished, resumable or fresh is decided under
+its lock, so two runners on one folder never write into the same run folder and a finished run is
+never refitted (nor its folder deleted) by the other; pool workers die with the runner.
 """
 
 from __future__ import annotations
@@ -32,14 +36,12 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import Field, ValidationError
 
-from ..cli import expand_images
 from ..config import CLI, Config, Section, load_config, safe_load
-from ..errors import UserError, program_name
-from ..io import write_atomic
+from ..errors import EXIT_INTERRUPTED, ArgumentParser, UserError, one_line_errors, program_name
+from ..io import expand_images, load_image, write_atomic, write_json
 from ..stop import StopRequest
 from .report import write_report
 
-EXIT_INTERRUPTED = 130
 LOCKS = ".locks"
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
@@ -189,35 +191,53 @@ def run_lock(path: Path):
 
 def run_batch(runs: list[dict], threads: int, locks: list[str]) -> list[dict]:
     """Fit runs of one method together in this process (a pool worker or a Ray task), holding
-    their locks; record failures in their folders. Returns only folders and exit codes (None:
-    another runner holds the run): results are read from the folders, never from here. If the
-    batch cannot start (say one image is unreadable), each run is tried alone, so a failure is
-    charged to its own run."""
+    their locks; record failures in their folders. The runner listed these runs before this task
+    started, so each run's state is read again under its lock: one another runner finished since
+    is left alone (a fresh fit would delete its folder), resumable ones continue alone (their
+    checkpoints may be at other steps), fresh ones share one loop. Returns only folders and
+    outcomes (see `_outcome`): results are read from the folders, never from here."""
     import torch
 
     torch.set_num_threads(max(1, threads))
+    outcomes = {run["folder"]: _outcome(skipped="busy") for run in runs}
     with contextlib.ExitStack() as stack:
-        held = [stack.enter_context(run_lock(Path(lock))) for lock in locks]
-        mine = [run for run, ok in zip(runs, held) if ok]
-        codes = {run["folder"]: None for run in runs}
+        mine = [run for run, lock in zip(runs, locks) if stack.enter_context(run_lock(Path(lock)))]
+        states = {run["folder"]: status(Path(run["folder"])) for run in mine}
         for run in mine:
-            (Path(run["folder"]) / "failed.json").unlink(missing_ok=True)
-        if mine:
-            codes.update(_fit(mine) if len(mine) == 1 else _fit_batch(mine))
-    return [{"folder": run["folder"], "exit_code": codes[run["folder"]]} for run in runs]
+            if states[run["folder"]] == "finished":
+                outcomes[run["folder"]] = _outcome(skipped="finished")
+            else:
+                (Path(run["folder"]) / "failed.json").unlink(missing_ok=True)
+        fresh = [run for run in mine if states[run["folder"]] == "todo"]
+        codes: dict[str, int] = {}
+        if fresh:
+            codes = _fit(fresh[0], resume=False) if len(fresh) == 1 else _fit_batch(fresh)
+        for run in mine:
+            if states[run["folder"]] == "resumable":
+                codes.update(_fit(run, resume=True))
+        outcomes.update({folder: _outcome(code) for folder, code in codes.items()})
+    return [{"folder": run["folder"], **outcomes[run["folder"]]} for run in runs]
+
+
+def _outcome(exit_code: int | None = None, skipped: Literal["busy", "finished"] | None = None) -> dict:
+    """What became of a run in a task: the exit code of its fit here, or why it was not fitted
+    here (busy: another runner holds it; finished: another runner finished it meanwhile)."""
+    return {"exit_code": exit_code, "skipped": skipped}
 
 
 def _fit_batch(runs: list[dict]) -> dict[str, int]:
+    """Fresh runs (their folders hold no finished run: overwrite deletes only what is left of a
+    failed or unstarted one) in one loop."""
     from ..api import Job, Run
 
     try:
-        jobs = [Job(load_config(r["base"], values=r["sets"], values_source="ablation"), Path(r["folder"]),
-                    resume=status(Path(r["folder"])) == "resumable") for r in runs]
+        jobs = [Job(load_config(r["base"], values=r["sets"], values_source="ablation"), Path(r["folder"]))
+                for r in runs]
         batch = Run.batch(jobs, overwrite=True)
     except Exception:  # noqa: BLE001 - set-up problems are found and charged run by run below
         codes = {}
         for run in runs:
-            codes.update(_fit([run]))
+            codes.update(_fit(run, resume=False))
         return codes
     stop = StopRequest()  # Ctrl-C in the terminal reaches the workers too: finish the step, save
     try:
@@ -232,18 +252,17 @@ def _fit_batch(runs: list[dict]) -> dict[str, int]:
     return codes
 
 
-def _fit(runs: list[dict]) -> dict[str, int]:
-    """One run alone, every way it can fail recorded in its folder."""
+def _fit(run: dict, resume: bool) -> dict[str, int]:
+    """One run alone, every way it can fail recorded in its folder. `resume` is decided by the
+    caller under the run's lock; a fresh run's folder holds no finished run (see _fit_batch)."""
     from ..api import FitFailed, Run
 
-    (run,) = runs
     folder = Path(run["folder"])
     stop = StopRequest()
     try:
         cfg = load_config(run["base"], values=run["sets"], values_source="ablation")
         with stop:
-            result = Run(cfg, folder, resume=status(folder) == "resumable", overwrite=True).execute(
-                should_stop=stop.requested)
+            result = Run(cfg, folder, resume=resume, overwrite=True).execute(should_stop=stop.requested)
         return {run["folder"]: 0 if result.completed else EXIT_INTERRUPTED}
     except UserError as exc:
         return {run["folder"]: _failed(run, exc.exit_code, str(exc))}
@@ -256,7 +275,7 @@ def _fit(runs: list[dict]) -> dict[str, int]:
 def _failed(run: dict, code: int, error: str) -> int:
     folder = Path(run["folder"])
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "failed.json").write_text(json.dumps({"exit_code": code, "error": error}))
+    write_json(folder / "failed.json", {"exit_code": code, "error": error})
     return code
 
 
@@ -280,8 +299,8 @@ def _image_size(run: dict) -> tuple[int, int] | None:
     try:
         with Image.open(path) as img:
             width, height = img.size
-    except (OSError, ValueError):
-        return None  # unreadable: it fails alone
+    except Exception:  # noqa: BLE001 - unreadable in any way (too many pixels too): it is fitted alone, and fails there
+        return None
     scale = limit / max(width, height) if limit else 1.0
     return (max(1, round(width * scale)), max(1, round(height * scale))) if scale < 1 else (width, height)
 
@@ -305,21 +324,20 @@ def _die_with_parent(parent: int) -> None:
 
 def execute(runs: list[dict], executor: ExecutorConfig, output: Path) -> list[dict]:
     """Run `runs` with the configured executor, packed into tasks of up to `batch_size` runs,
-    printing one line per finished run; returns the runs another runner held (skipped)."""
+    printing one line per run as its task ends; returns every run's outcome (see run_batch)."""
     tasks = pack(runs, executor.batch_size)
     cpus = os.cpu_count() or 1
     workers = max(1, min(executor.workers or cpus, len(tasks)))
     threads = max(1, cpus // workers)
-    busy = []
+    outcomes: list[dict] = []
 
     def done(task: list[dict], results: list[dict]) -> None:
         for run, result in zip(task, results):
-            if result["exit_code"] is None:
-                busy.append(run)
+            outcomes.append(result)
             _report(run, result)
 
     if not tasks:
-        return busy
+        return outcomes
     if executor.type == "ray":
         import ray
 
@@ -330,7 +348,7 @@ def execute(runs: list[dict], executor: ExecutorConfig, output: Path) -> list[di
         while pending:
             finished, _ = ray.wait(list(pending), num_returns=1)
             done(pending.pop(finished[0]), ray.get(finished[0]))
-        return busy
+        return outcomes
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
@@ -340,7 +358,7 @@ def execute(runs: list[dict], executor: ExecutorConfig, output: Path) -> list[di
                    for task in tasks}
         for future in as_completed(futures):
             done(futures[future], future.result())
-    return busy
+    return outcomes
 
 
 def estimate(runs: list[dict], executor: ExecutorConfig, steps: int = 3, warmup: int = 2) -> str:
@@ -396,16 +414,24 @@ def estimate(runs: list[dict], executor: ExecutorConfig, steps: int = 3, warmup:
     return "\n".join(lines)
 
 
+SKIPPED = {"busy": "skipped: another runner is working on it", "finished": "ok: finished by another runner"}
+
+
 def _report(run: dict, result: dict) -> None:
     code = result["exit_code"]
-    state = {0: "ok", None: "skipped: another runner is working on it",
-             EXIT_INTERRUPTED: "interrupted (resumes on the next run)"}.get(
+    state = SKIPPED[result["skipped"]] if result["skipped"] else {
+        0: "ok", EXIT_INTERRUPTED: "interrupted (resumes on the next run)"}.get(
         code, f"failed (exit {code}, see failed.json)")
     print(f"  {run['method']} / {run['image']} / seed {run['seed']}: {state}", flush=True)
 
 
+def _failures(outcomes: list[dict]) -> int:
+    """Runs whose fit here failed (not those skipped or interrupted)."""
+    return sum(o["skipped"] is None and o["exit_code"] not in (0, EXIT_INTERRUPTED) for o in outcomes)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=program_name(),
         description="Run an ablation grid of fits and summarise it (results.csv, results.md, plots).",
         epilog="example: triangulate-ablate --config configs/ablation/balancers.yaml --set optim.iterations=100 "
@@ -472,41 +498,83 @@ def _image_entry(cfg: AblationConfig, item: str, config_path: Path) -> str:
     raise UserError(f"--images: {item!r} is neither an image of {config_path} ({names}) nor an image file or folder")
 
 
+def check_images(runs: list[dict]) -> None:
+    """Read every distinct image of `runs` (as its first run will: at image.max_size) before
+    anything is written, so a missing or unreadable one stops the ablation up front instead of
+    failing each of its runs; every bad image is named, one line each, as train.py does."""
+    images = {}
+    for run in runs:
+        images.setdefault(run["sets"]["image.path"], run["config"]["image"]["max_size"])
+    problems = []
+    for path, max_size in images.items():
+        try:
+            load_image(path, max_size)
+        except UserError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise UserError(problems[0] if len(problems) == 1 else
+                        "\nerror: ".join([f"{len(problems)} images cannot be used:"] + problems))
+
+
+def check_changes(runs: list[dict], output: Path) -> None:
+    """Refuse when runs already in `output` were made with other settings than asked now."""
+    changed = [(run, changes) for run in runs if (changes := config_changes(run))]
+    if changed:
+        run, changes = changed[0]
+        raise UserError(
+            f"{len(changed)} run(s) in {output} were made with other settings than asked now, e.g. "
+            f"{run['method']}/{run['image']}/seed {run['seed']}: {'; '.join(changes[:3])}"
+            f"{' ...' if len(changes) > 3 else ''}. Finished runs are reused only when their config is "
+            "the same; give a new experiment folder with --out (or delete the old runs)")
+
+
+def run_all(cfg: AblationConfig, runs: list[dict], output: Path) -> list[dict]:
+    """The runs not finished yet, with a line before and after; their outcomes."""
+    todo = [run for run in runs if status(Path(run["folder"])) != "finished"]
+    print(f"ablation {cfg.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, "
+          f"{len(todo)} to run with the {cfg.executor.type} executor -> {output}", flush=True)
+    outcomes = execute(todo, cfg.executor, output)
+    busy = sum(o["skipped"] == "busy" for o in outcomes)
+    if busy:
+        print(f"{busy} run(s) were skipped because another runner is working on them; their rows "
+              "show what their folders hold now", flush=True)
+    return outcomes
+
+
+def exit_code_of(outcomes: list[dict]) -> int:
+    """130 when a run was interrupted (it resumes next time), 1 when one failed, else 0; the
+    failures are counted on stderr, after the report, where they are seen."""
+    failed = _failures(outcomes)
+    if failed:
+        print(f"error: {failed} of {len(outcomes)} runs failed (see failed.json in their folders)",
+              file=sys.stderr, flush=True)
+    if any(o["skipped"] is None and o["exit_code"] == EXIT_INTERRUPTED for o in outcomes):
+        return EXIT_INTERRUPTED
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = _selected(load_ablation(args.config), args, args.config)
-        output = Path(cfg.output) if cfg.output else Path("runs") / "ablation" / _label(cfg.name)
-        runs = plan(cfg, args.config, output)
-        if not args.report_only:
-            changed = [(run, changes) for run in runs if (changes := config_changes(run))]
-            if changed:
-                run, changes = changed[0]
-                raise UserError(
-                    f"{len(changed)} run(s) in {output} were made with other settings than asked now, e.g. "
-                    f"{run['method']}/{run['image']}/seed {run['seed']}: {'; '.join(changes[:3])}"
-                    f"{' ...' if len(changes) > 3 else ''}. Finished runs are reused only when their config is "
-                    "the same; give a new experiment folder with --out (or delete the old runs)")
-        if args.estimate:
-            print(estimate([run for run in runs if status(Path(run["folder"])) != "finished"], cfg.executor))
-            return 0
-        output.mkdir(parents=True, exist_ok=True)
-        write_atomic(output / "ablation.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-        if not args.report_only:
-            todo = [run for run in runs if status(Path(run["folder"])) != "finished"]
-            print(f"ablation {cfg.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, "
-                  f"{len(todo)} to run with the {cfg.executor.type} executor -> {output}", flush=True)
-            busy = execute(todo, cfg.executor, output)
-            if busy:
-                print(f"{len(busy)} run(s) were skipped because another runner is working on them; their rows "
-                      "show what their folders hold now", flush=True)
-        baseline = cfg.baseline or next(iter(cfg.methods))
-        report = write_report(runs, output, baseline)
-        print(report)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+    return one_line_errors(lambda: _ablate(args))
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    cfg = _selected(load_ablation(args.config), args, args.config)
+    output = Path(cfg.output) if cfg.output else Path("runs") / "ablation" / _label(cfg.name)
+    runs = plan(cfg, args.config, output)
+    if not args.report_only:
+        check_changes(runs, output)
+    if args.estimate:
+        print(estimate([run for run in runs if status(Path(run["folder"])) != "finished"], cfg.executor))
+        return 0
+    if not args.report_only:
+        check_images(runs)
+    output.mkdir(parents=True, exist_ok=True)
+    write_atomic(output / "ablation.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    outcomes = [] if args.report_only else run_all(cfg, runs, output)
+    baseline = cfg.baseline or next(iter(cfg.methods))
+    print(write_report(runs, output, baseline))
+    return exit_code_of(outcomes)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def collect(runs: list[dict]) -> list[dict]:
         elif summary_path.is_file():
             s = json.loads(summary_path.read_text())
             kinds = [w["kind"] for w in s.get("warnings", [])]
-            row.update(status="ok" if s.get("completed") else "incomplete", psnr=s["psnr"], ssim=s["ssim"],
+            row.update(status="ok" if s.get("completed") else "incomplete", psnr=_psnr(s["psnr"]), ssim=s["ssim"],
                        lpips=s.get("lpips"), lpips_meaningful=s.get("lpips_meaningful"),
                        random_networks=";".join(k for k, v in s.get("network_weights", {}).items() if v == "random"),
                        wall_time_s=s["wall_time_s"], iterations=s["iterations"], warnings=";".join(kinds),
@@ -46,6 +46,11 @@ def collect(runs: list[dict]) -> list[dict]:
             row.update(status="missing")
         rows.append(row)
     return rows
+
+
+def _psnr(value: float | None) -> float:
+    """A PSNR from summary.json, where null stands for infinity (an exact copy; io.finite_json)."""
+    return math.inf if value is None else value
 
 
 def write_csv(rows: list[dict], path: Path) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import functools
 from pathlib import Path
+from typing import Callable
 
 from ..config import Config, load_config
-from ..errors import UserError, program_name
+from ..api import check_folder
+from ..errors import ArgumentParser, UserError, one_line_errors, program_name
 from ..run import METRICS, metric_series
 from . import landscape, plots
 
@@ -21,7 +23,7 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=program_name(), epilog=EXAMPLES,
+    parser = ArgumentParser(prog=program_name(), epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Loss-landscape figures (PNG, and PDF with --pdf).")
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -52,22 +54,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return one_line_errors(lambda: _visualize(args))
+
+
+def _visualize(args: argparse.Namespace) -> int:
+    """Every input is checked and every figure computed before --out is made: an error leaves
+    nothing behind."""
+    check_folder(args.out)
+    if args.mode == "analytic":
+        draw = functools.partial(plots.plot_analytic, args.out, args.pdf, args.low, args.high)
+    elif args.mode == "empirical":
+        draw = _empirical(args)
+    else:
+        missing = [str(r) for r in args.runs if not (r / METRICS).is_file()]
+        if missing:
+            raise UserError(f"not a run folder (no metrics.jsonl): {missing[0]}")
+        runs = list(dict.fromkeys(r.resolve() for r in args.runs))
+        draw = functools.partial(plots.plot_curves,
+                                 {label: metric_series(r) for label, r in zip(run_labels(runs), runs)},
+                                 args.out, args.pdf, note=random_note([_run_config(r) for r in runs]))
+    made = not args.out.exists()
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        if args.mode == "analytic":
-            written = plots.plot_analytic(args.out, args.pdf, args.low, args.high)
-        elif args.mode == "empirical":
-            written = _empirical(args)
-        else:
-            missing = [str(r) for r in args.runs if not (r / METRICS).is_file()]
-            if missing:
-                raise UserError(f"not a run folder (no metrics.jsonl): {missing[0]}")
-            runs = list(dict.fromkeys(r.resolve() for r in args.runs))
-            written = plots.plot_curves({label: metric_series(r) for label, r in zip(run_labels(runs), runs)},
-                                        args.out, args.pdf, note=random_note([_run_config(r) for r in runs]))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        written = draw()
+    except OSError as exc:
+        if made and args.out.is_dir() and not any(args.out.iterdir()):
+            args.out.rmdir()
+        raise UserError(f"--out {args.out}: cannot write the figures there ({exc.strerror or exc})") from None
     for path in written:
         print(path)
     return 0
@@ -100,7 +113,8 @@ def random_note(configs: list[Config | None]) -> str | None:
     return f"{', '.join(terms)}: randomly initialised networks (values not comparable with pretrained ones)"
 
 
-def _empirical(args) -> list[Path]:
+def _empirical(args) -> Callable[[], list[Path]]:
+    """Slices of the loss landscape, computed now; the returned function draws them."""
     if args.run is not None:
         if not (args.run / "checkpoint.pt").is_file():
             raise UserError(f"no checkpoint.pt in {args.run}")
@@ -114,13 +128,13 @@ def _empirical(args) -> list[Path]:
         run_weights, label = None, ""
     weights = {name: term.weight for name, term in fitter.cfg.loss.active_terms().items()}
     note = random_note([fitter.cfg])
-    written = []
+    figures = []
     if 1 in args.dims:
         alphas, losses = landscape.slice_1d(fitter, args.points, args.span, args.seed)
         objectives = landscape.totals(losses, weights, run_weights=run_weights, run_label=label)
-        written += plots.plot_slice_1d(alphas, losses, objectives, args.out, args.pdf, note)
+        figures.append(functools.partial(plots.plot_slice_1d, alphas, losses, objectives, args.out, args.pdf, note))
     if 2 in args.dims:
         axis, surfaces = landscape.slice_2d(fitter, args.points, args.span, args.seed)
         surfaces.update(landscape.totals(surfaces, weights, run_weights=run_weights, run_label=label))
-        written += plots.plot_slice_2d(axis, surfaces, args.out, args.pdf, note)
-    return written
+        figures.append(functools.partial(plots.plot_slice_2d, axis, surfaces, args.out, args.pdf, note))
+    return lambda: [path for figure in figures for path in figure()]

@@ -8,6 +8,8 @@ loss terms and metrics.
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -16,6 +18,7 @@ import torch
 import torchvision
 from torch import nn
 
+from ..checkpoints import shorten
 from ..errors import UserError
 
 # torchvision architecture -> its ImageNet weights enum member
@@ -68,9 +71,17 @@ def backbone_state(arch: str, weights: str, setting: str) -> dict[str, torch.Ten
     if not path.is_file():
         raise UserError(f"{setting} = {weights!r}: no such weights file (expected imagenet, random or a path)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{setting} = {weights!r}: cannot load it as a state dict: {exc}") from None
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses anyway
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message is long and suggests weights_only=False: never here
+        state = None
+    except Exception as exc:  # corrupt, truncated, not a torch file
+        raise UserError(f"{setting} = {weights!r}: cannot load it as a state dict ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise UserError(f"{setting} = {weights!r}: refused: the file is not a state dict of tensors (loading "
+                        "its Python objects could run code from it)")
+    return state
 
 
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], rename: Callable[[str], str], source: str) -> None:
@@ -79,7 +90,7 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], rename: Callabl
     try:
         module.load_state_dict({key: state[rename(key)] for key in own})
     except (KeyError, RuntimeError) as exc:
-        raise UserError(f"{source}: weights do not fit the network: {' '.join(str(exc).split())[:200]}") from None
+        raise UserError(f"{source}: weights do not fit the network: {shorten(str(exc))}") from None
 
 
 def freeze(module: nn.Module) -> nn.Module:

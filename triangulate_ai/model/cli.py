@@ -10,15 +10,17 @@ exits 130; a NaN stops before the bad update (checkpoint of the last good step, 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from ..api import check_folder, make_folder, random_network_warnings
-from ..errors import UserError, one_line_errors, program_name
-from ..io import write_atomic
+from ..api import check_folder, holds_config, make_folder, random_network_warnings
+from ..checkpoints import shorten
+from ..errors import EXIT_INTERRUPTED, ArgumentParser, UserError, one_line_errors, program_name
+from ..io import remove_temporaries, write_atomic
 from ..loop import resolve_device
 from ..metrics import Evaluator
 from ..progress import print_warning
@@ -26,14 +28,12 @@ from ..run import CHECKPOINT
 from ..stop import StopRequest
 from .config import ModelRunConfig, load_model_config
 from .data import TrainCrops, load_sources, split_sources, validation_crops
-from .record import ModelRecorder, read_model_checkpoint
+from .record import ModelRecorder, check_training_state, read_model_checkpoint
 from .trainer import ModelTrainer, TrainingFailed, Validation, train_epochs
-
-EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=program_name(), description="Train a model that predicts the triangles "
+    parser = ArgumentParser(prog=program_name(), description="Train a model that predicts the triangles "
                                      "of any image in one forward pass.")
     parser.add_argument("--config", type=Path, help="YAML model config (e.g. configs/model/l1.yaml)")
     parser.add_argument("--data", nargs="+", metavar="PATH", help="training images: files, folders, quoted glob "
@@ -58,14 +58,46 @@ def _config(args: argparse.Namespace) -> tuple[ModelRunConfig, Path]:
     if args.resume is not None:
         if args.config or args.data or args.out:
             raise UserError("--resume takes its config, data and folder from the training; use --set to change values")
-        if not (args.resume / CHECKPOINT).is_file() or not (args.resume / "config.yaml").is_file():
-            raise UserError(f"nothing to resume in {args.resume}: it needs config.yaml and {CHECKPOINT}")
+        if not (args.resume / "config.yaml").is_file():
+            raise UserError(f"nothing to resume in {args.resume}: it has no config.yaml")
+        if not (args.resume / CHECKPOINT).is_file() and (args.resume / "summary.json").is_file():
+            raise UserError(f"{args.resume} has a summary.json but no {CHECKPOINT}: it cannot be continued")
         return load_model_config(args.resume / "config.yaml", args.overrides, values, "--epochs"), args.resume
     if args.data:
         values["data.images"] = args.data
     cfg = load_model_config(args.config, args.overrides, values, "--data/--epochs")
     name = args.config.stem if args.config else "default"
     return cfg, args.out or Path("runs") / f"model_{name}"
+
+
+def _open_folder(args: argparse.Namespace, cfg: ModelRunConfig, folder: Path, state: dict | None,
+                 trainer: ModelTrainer, split, crops: torch.Tensor) -> ModelRecorder:
+    """The training folder and its recorder: made for a new training (or made again for a resumed
+    one that stopped before its first checkpoint), cleared of an interrupted write's temporaries
+    when resumed, config.yaml written unless it already holds this config. A failure or Ctrl-C
+    before the first step removes a folder made here."""
+    made = None
+    try:
+        if state is None:
+            if args.resume is not None:
+                print(f"{folder} has no {CHECKPOINT} (the training stopped before its first one): starting it again "
+                      "from step 0")
+            made, note = make_folder(folder, overwrite=args.overwrite or args.resume is not None)
+            if note:
+                print(note)
+            folder = made
+        else:
+            remove_temporaries(folder)
+        if not (state is not None and holds_config(folder / "config.yaml", cfg)):
+            write_atomic(folder / "config.yaml", cfg.to_yaml())
+        recorder = ModelRecorder(folder, cfg, trainer, split, crops, on_warning=print_warning)
+        if state is not None:
+            recorder.restore(state, trainer)
+        return recorder
+    except BaseException:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -86,31 +118,24 @@ def _train(args: argparse.Namespace) -> int:
     trainer = ModelTrainer(cfg, device, steps_per_epoch)  # networks and weights: may stop here
     crops = validation_crops(split.val, cfg.data, cfg.seed)
     evaluators = [Evaluator(c.permute(1, 2, 0).numpy(), cfg.eval.lpips, device) for c in crops]
+    path = folder / CHECKPOINT
     state = None
-    if args.resume is not None:
-        path = folder / CHECKPOINT
+    if args.resume is not None and path.is_file():
         state = read_model_checkpoint(path, device)
+        check_training_state(state, path, trainer)
         if state["split"] != split.names():
             raise UserError(f"{path}: the training images changed since this training started (the train/val split "
                             "differs); restore them or start a new training")
         try:
             trainer.load_state_dict(state["trainer"])
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-            raise UserError(f"{path}: checkpoint does not fit this config "
-                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
-        if not all(isinstance(state["recorder"].get(key), list) for key in ("history", "warnings")):
-            raise UserError(f"{path}: checkpoint has no training history")
-    else:
-        folder, note = make_folder(folder, args.overwrite)
-        if note:
-            print(note)
-    write_atomic(folder / "config.yaml", cfg.to_yaml())
-    recorder = ModelRecorder(folder, cfg, trainer, split, crops, on_warning=print_warning)
-    if state is not None:
-        recorder.restore(state, trainer)
+            raise UserError(f"{path}: checkpoint does not fit this config ({type(exc).__name__}: {shorten(exc)})") \
+                from None
+    recorder = _open_folder(args, cfg, folder, state, trainer, split, crops)
     for line in random_network_warnings(cfg):
         print(f"warning: {line}", file=sys.stderr)
     threads = torch.get_num_threads()
+    folder = recorder.folder
     print(banner(cfg, trainer, split, len(crops), folder, threads))
     progress = _Progress(cfg, trainer)
     stop = StopRequest("\nstopping after this step (Ctrl-C again to abort without saving)")

@@ -40,3 +40,27 @@ class TriangleModel(nn.Module):
         if not self.learn_background:
             scene = scene._replace(background=resolve_background(self.background, images))
         return scene
+
+
+def memory_bytes(cfg: ModelRunConfig, batch: int, training: bool) -> int:
+    """Peak memory of the network on `batch` images: its parameters and buffers (in training also
+    their gradients and AdamW's two moments), the resized input, and the layers' outputs (all of
+    them, kept for the backward pass, in training; two at a time in inference). Measured on a
+    build on the meta device: checking a config that asks for terabytes allocates nothing."""
+    outputs: list[int] = []
+
+    def count(module: nn.Module, inputs, output) -> None:
+        tensors = output if isinstance(output, (list, tuple)) else [output]
+        outputs.append(sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t)))
+
+    side = cfg.model.input_size
+    with torch.device("meta"):
+        model = TriangleModel(cfg, load_weights=False).train(training)
+        for module in model.modules():
+            if not list(module.children()):
+                module.register_forward_hook(count)
+        model(torch.zeros(batch, 3, side, side))
+    stored = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    learnt = sum(p.numel() * p.element_size() for p in model.parameters())
+    activations = sum(outputs) if training else 2 * max(outputs, default=0)
+    return stored + (3 * learnt if training else 0) + 4 * batch * 3 * side * side + activations

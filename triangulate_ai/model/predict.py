@@ -10,13 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import ValidationError
 
-from ..config import TrianglesConfig
+from ..checkpoints import Mismatch, conform, refusal
+from ..config import TrianglesConfig, config_from_mapping
 from ..errors import UserError
+from ..memory import require
 from ..triangles import TriangleSet
 from .config import ModelRunConfig
-from .network import TriangleModel
+from .network import TriangleModel, memory_bytes
 from .record import read_model_checkpoint
 
 _LOADED: dict[tuple, tuple[TriangleModel, ModelRunConfig]] = {}
@@ -24,7 +25,9 @@ _LOADED: dict[tuple, tuple[TriangleModel, ModelRunConfig]] = {}
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[TriangleModel, ModelRunConfig]:
     """The network of a model checkpoint (a training folder's checkpoint.pt, or the folder), in
-    inference mode, with its config. Loaded once per file version and device."""
+    inference mode, with its config. Loaded once per file version and device. Nothing is built
+    before the checkpoint has passed the checks of a user's config (the config models, their
+    limits, the memory estimate) and its weights those of checkpoints.conform."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
@@ -33,16 +36,18 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Tr
     key = (str(path.resolve()), stat and stat.st_mtime_ns, stat and stat.st_size, str(device))
     if key not in _LOADED:
         state = read_model_checkpoint(path, device)
+        cfg = config_from_mapping(state["config"], f"{path} (its config)", ModelRunConfig)
+        side = cfg.model.input_size
+        require(memory_bytes(cfg, 1, training=False), f"{path}: its model ({cfg.triangles.count} triangles, input "
+                f"{side}x{side})", "this checkpoint cannot be used on this machine")
+        with torch.device("meta"):
+            template = TriangleModel(cfg, load_weights=False).state_dict()
         try:
-            cfg = ModelRunConfig.model_validate(state["config"])
-        except ValidationError as exc:
-            raise UserError(f"{path}: the checkpoint's config is not valid here ({exc.errors()[0]['msg']})") from None
+            conform(state["trainer"].get("model"), template, "trainer.model")
+        except Mismatch as exc:
+            raise refusal(path, exc) from None
         model = TriangleModel(cfg, load_weights=False).to(device)
-        try:
-            model.load_state_dict(state["trainer"]["model"])
-        except (KeyError, RuntimeError) as exc:
-            raise UserError(f"{path}: the network's weights do not fit its config "
-                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+        model.load_state_dict(state["trainer"]["model"])
         _LOADED.clear()  # one model at a time is enough for a fit or a benchmark
         _LOADED[key] = (model.eval(), cfg)
     return _LOADED[key]

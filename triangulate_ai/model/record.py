@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..io import save_png, write_atomic, write_json
+from ..io import json_text, save_png, write_atomic, write_json
 from ..monitor import TensorBoardSink, WarningMonitor
-from ..run import CHECKPOINT, METRICS, read_checkpoint, weights_summary
+from ..checkpoints import WARNING, Mismatch, conform, list_of, number, optimizer_state, read_checkpoint, record, refusal
+from ..run import CHECKPOINT, METRICS, weights_summary
 from ..metrics import psnr_torch
 from .config import ModelRunConfig
 from .data import Split
@@ -34,8 +35,33 @@ SHEET_CROPS = 8  # validation crops shown in val.png and TensorBoard
 
 
 def read_model_checkpoint(path: Path, device: torch.device) -> dict:
-    """A model checkpoint, loaded with weights_only and checked (UserError naming the file)."""
+    """A model checkpoint, loaded with weights_only, of our format and sections (UserError naming
+    the file); their contents are checked by whoever uses them (check_training_state, load_model)."""
     return read_checkpoint(path, device, MODEL_FORMAT, SECTIONS)
+
+
+# one entry of the validation history: Validation.summary() of an epoch (psnr, ssim, loss/<term>, ...)
+HISTORY = record({"epoch": number(minimum=0, integer=True), "step": number(minimum=0, integer=True)},
+                 rest=number(allow_inf=True))
+
+
+def check_training_state(state: dict, path: Path, trainer: ModelTrainer) -> None:
+    """Everything a resumed training takes from a checkpoint, against this config's trainer:
+    weights, optimiser, balancer, counters, history, warnings and split, each of the right type,
+    shape, dtype and finite. Anything else is a UserError naming the file and the value."""
+    params = [p.detach() for group in trainer.optimizer.param_groups for p in group["params"]]
+    spec = {
+        "trainer": {"model": trainer.model.state_dict(), "optimizer": optimizer_state(trainer.optimizer, params),
+                    "balancer": trainer.balancer.state_dict(), "step": number(minimum=0, integer=True),
+                    "elapsed": number(minimum=0), "steps_per_epoch": number(minimum=1, integer=True)},
+        "recorder": {"history": list_of(HISTORY), "warnings": list_of(WARNING)},
+        "split": {"train": list_of(str()), "val": list_of(str())},
+    }
+    try:
+        for section, template in spec.items():
+            conform(state[section], template, section)
+    except Mismatch as exc:
+        raise refusal(path, exc) from None
 
 
 def sheet(targets: torch.Tensor, drawings: list[np.ndarray], scale: int = 2) -> np.ndarray:
@@ -103,7 +129,7 @@ class ModelRecorder:
     def _emit(self, record: dict, jsonl: bool = True, images=None, variance_ratio: float | None = None) -> None:
         if jsonl:
             with open(self.folder / METRICS, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(json_text(record) + "\n")
         if self.tensorboard is not None:
             self.tensorboard.write(record, images)
         if self.monitor is not None and "total" in record:
@@ -114,7 +140,7 @@ class ModelRecorder:
     def save_checkpoint(self, trainer: ModelTrainer) -> None:
         """Atomic, tensors and plain values only (loads with weights_only=True)."""
         state = {"format": MODEL_FORMAT, "config": self.cfg.dump(), "trainer": trainer.state_dict(),
-                 "recorder": {"history": self.history, "warnings": json.loads(json.dumps(self.warnings))},
+                 "recorder": {"history": self.history, "warnings": json.loads(json_text(self.warnings))},
                  "split": self.split.names(), "version": __version__}
         buffer = io.BytesIO()
         torch.save(state, buffer)

@@ -10,7 +10,6 @@ stdout. Whatever ran on a randomly initialised network says so in red on the fig
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ..export import rasterize_svg, scene_to_dict, svg_from_dict  # noqa: E402
+from ..errors import ArgumentParser  # noqa: E402
 from ..io import to_uint8  # noqa: E402
 from .data import load_sources, validation_crops  # noqa: E402
 from .predict import load_model  # noqa: E402
@@ -114,7 +114,7 @@ def table(summaries: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="training folders (their names label the figures)")
     parser.add_argument("--out", type=Path, required=True, help="folder for curves.png and predictions.png")
     args = parser.parse_args(argv)

@@ -26,13 +26,14 @@ from ..loss import build_terms
 from ..loss.balance import BalanceContext, build_balancer
 from ..loss.balance.base import grad_norm
 from ..loss.modifiers import build_pipeline
+from ..memory import estimate_bytes, require
 from ..metrics import Evaluator, flat_mean_psnr
 from ..raster import Scene, make_renderer
 from ..regularizer import TriangleRegularizer
 from ..schedule import Schedules
 from .config import ModelRunConfig
 from .data import TrainCrops, epoch_batches
-from .network import TriangleModel
+from .network import TriangleModel, memory_bytes
 
 
 class TrainingFailed(RuntimeError):
@@ -63,12 +64,24 @@ def colour_variance(images: torch.Tensor) -> torch.Tensor:
     return images.var(dim=(2, 3)).mean(dim=1)
 
 
+def check_training_memory(cfg: ModelRunConfig, device: torch.device) -> int:
+    """The memory a training step needs (the network's part and the renderer's), or a UserError
+    when it is more than the machine has: checked before anything is built."""
+    batch, crop, side = cfg.train.batch_size, cfg.data.crop, cfg.model.input_size
+    need = memory_bytes(cfg, batch, training=True) + estimate_bytes(cfg, batch, crop, crop,
+                                                                    make_renderer(cfg.render, device))
+    return require(need, f"a model of {cfg.triangles.count} triangles (input {side}x{side}) trained on batches of "
+                   f"{batch} {crop}x{crop} crops", "use fewer triangles, a smaller model.input_size, train.batch_size "
+                   "or data.crop")
+
+
 class ModelTrainer:
     """Owns the network, renderer, terms, balancer (B = 1), regulariser, modifiers, schedules and
     the AdamW optimiser (the network's weights and the balancer's learnable ones)."""
 
     def __init__(self, cfg: ModelRunConfig, device: torch.device, steps_per_epoch: int) -> None:
         self.cfg, self.device = cfg, device
+        check_training_memory(cfg, device)
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = steps_per_epoch * cfg.train.epochs
         torch.manual_seed(cfg.seed)
