@@ -27,7 +27,7 @@ from ..progress import print_warning
 from ..run import CHECKPOINT
 from ..stop import StopRequest
 from .config import ModelRunConfig, load_model_config
-from .data import TrainCrops, load_sources, split_sources, validation_crops
+from .data import TrainCrops, data_split, validation_images
 from .record import ModelRecorder, check_training_state, read_model_checkpoint
 from .trainer import ModelTrainer, TrainingFailed, Validation, train_epochs
 
@@ -71,7 +71,7 @@ def _config(args: argparse.Namespace) -> tuple[ModelRunConfig, Path]:
 
 
 def _open_folder(args: argparse.Namespace, cfg: ModelRunConfig, folder: Path, state: dict | None,
-                 trainer: ModelTrainer, split, crops: torch.Tensor) -> ModelRecorder:
+                 trainer: ModelTrainer, split, images: list[torch.Tensor]) -> ModelRecorder:
     """The training folder and its recorder: made for a new training (or made again for a resumed
     one that stopped before its first checkpoint), cleared of an interrupted write's temporaries
     when resumed, config.yaml written unless it already holds this config. A failure or Ctrl-C
@@ -90,7 +90,7 @@ def _open_folder(args: argparse.Namespace, cfg: ModelRunConfig, folder: Path, st
             remove_temporaries(folder)
         if not (state is not None and holds_config(folder / "config.yaml", cfg)):
             write_atomic(folder / "config.yaml", cfg.to_yaml())
-        recorder = ModelRecorder(folder, cfg, trainer, split, crops, on_warning=print_warning)
+        recorder = ModelRecorder(folder, cfg, trainer, split, images, on_warning=print_warning)
         if state is not None:
             recorder.restore(state, trainer)
         return recorder
@@ -108,7 +108,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg, folder = _config(args)
     if args.resume is None:
         check_folder(folder)
-    split = split_sources(load_sources(cfg.data), cfg.data, cfg.seed)
+    split = data_split(cfg.data, cfg.seed)
     data = TrainCrops(split.train, cfg.data, cfg.seed)
     steps_per_epoch = len(data) // cfg.train.batch_size
     if steps_per_epoch == 0:
@@ -116,8 +116,8 @@ def _train(args: argparse.Namespace) -> int:
                         f"epoch ({len(split.train)} image(s) x data.crops_per_image {cfg.data.crops_per_image})")
     device = resolve_device(cfg.device)
     trainer = ModelTrainer(cfg, device, steps_per_epoch)  # networks and weights: may stop here
-    crops = validation_crops(split.val, cfg.data, cfg.seed)
-    evaluators = [Evaluator(c.permute(1, 2, 0).numpy(), cfg.eval.lpips, device) for c in crops]
+    val_images = validation_images(split.val, cfg.data, cfg.seed)
+    evaluators = [Evaluator(image.permute(1, 2, 0).numpy(), cfg.eval.lpips, device) for image in val_images]
     path = folder / CHECKPOINT
     state = None
     if args.resume is not None and path.is_file():
@@ -131,18 +131,18 @@ def _train(args: argparse.Namespace) -> int:
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise UserError(f"{path}: checkpoint does not fit this config ({type(exc).__name__}: {shorten(exc)})") \
                 from None
-    recorder = _open_folder(args, cfg, folder, state, trainer, split, crops)
+    recorder = _open_folder(args, cfg, folder, state, trainer, split, val_images)
     for line in random_network_warnings(cfg):
         print(f"warning: {line}", file=sys.stderr)
     threads = torch.get_num_threads()
     folder = recorder.folder
-    print(banner(cfg, trainer, split, len(crops), folder, threads))
+    print(banner(cfg, trainer, split, len(val_images), folder, threads))
     progress = _Progress(cfg, trainer)
     stop = StopRequest("\nstopping after this step (Ctrl-C again to abort without saving)")
     error = None
     try:
         with stop:
-            reason = train_epochs(trainer, data, crops, evaluators, [recorder, progress], stop.requested,
+            reason = train_epochs(trainer, data, val_images, evaluators, [recorder, progress], stop.requested,
                                   cfg.data.workers)
     except TrainingFailed as exc:
         reason, error = "error", str(exc)
@@ -188,15 +188,16 @@ def epoch_line(val: dict) -> str:
             f"collapsed {val['collapsed_share']:.0%}")
 
 
-def banner(cfg: ModelRunConfig, trainer: ModelTrainer, split, val_crops: int, folder: Path, threads: int) -> str:
+def banner(cfg: ModelRunConfig, trainer: ModelTrainer, split, val_images: int, folder: Path, threads: int) -> str:
     """One screen saying what is about to run."""
     terms = ", ".join(f"{name} (weight {term.weight:g})" for name, term in cfg.loss.active_terms().items())
     options = ", ".join(f"{k}={v}" for k, v in cfg.loss.options().items()) or "no options"
     networks = ", ".join(f"{k}={v}" for k, v in cfg.network_weights().items()) or "none"
     enc = cfg.model.encoder
     rows = [
-        ("data", f"{len(split.train)} training image(s), {len(split.val)} validation image(s) ({val_crops} fixed "
-                 f"crops), {cfg.data.crop}x{cfg.data.crop} crops"),
+        ("data", f"{len(split.train)} training image(s), {len(split.val)} validation image(s) ("
+                 + ("whole" if cfg.data.val == "whole" else f"{val_images} fixed crops") + f"), "
+                 f"{cfg.data.crop}x{cfg.data.crop} training crops"),
         ("model", f"{enc.type} (starting weights {enc.weights}) -> {cfg.triangles.count} triangles, input "
                   f"{cfg.model.input_size}x{cfg.model.input_size}, "
                   f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters"),

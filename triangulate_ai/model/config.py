@@ -53,6 +53,8 @@ class HeadConfig(Section):
     min_size: float = Field(0.02, gt=0)
     max_size: float = Field(0.45, gt=0, lt=0.5)
     opacity: float = Field(0.7, gt=0, lt=1)  # opacity the head starts from
+    colour: Literal["features", "sampled"] = "features"  # colours from the features at the triangle, or
+    # the image's mean under it (sampled at fixed points inside, on a smoothed copy) plus a learnt correction
 
     @field_validator("max_size")
     @classmethod
@@ -70,9 +72,12 @@ class ModelConfig(Section):
 
 class DataConfig(Section):
     images: list[str] = []  # files, folders, glob patterns; --data sets it
+    val_images: list[str] = []  # validation pictures; none: a val_share of the images' pictures is held out
     max_size: int = Field(256, ge=0)  # images are first downscaled (Lanczos) to this longer side; 0 keeps them
-    crop: int = Field(64, ge=8)  # side of the square crops trained on and validated on
+    crop: int = Field(64, ge=8)  # side of the square crops trained on (and validated on, with val: crops)
     scale: list[float] = [0.08, 0.4]  # share of the image's area a crop covers before its resize to `crop`
+    ratio: list[float] = [1.0, 1.0]  # width / height of the cropped region before its resize to a square
+    val: Literal["crops", "whole"] = "crops"  # validate on val_crops fixed crops of each image, or on each whole
     hflip: bool = True
     vflip: bool = False
     val_share: float = Field(0.25, gt=0, lt=1)  # share of the source images held out for validation
@@ -87,6 +92,13 @@ class DataConfig(Section):
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError("scale must be [low, high] with 0 < low <= high <= 1")
         return scale
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio(cls, ratio: list[float]) -> list[float]:
+        if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+            raise ValueError("ratio must be [low, high] with 0 < low <= high")
+        return ratio
 
 
 class TrainConfig(Section):

@@ -43,12 +43,13 @@ class Split:
         return {"train": [str(s.path) for s in self.train], "val": [str(s.path) for s in self.val]}
 
 
-def load_sources(cfg: DataConfig) -> list[Source]:
-    """Every image of data.images, read and checked before anything is trained (UserErrors)."""
-    if not cfg.images:
+def load_sources(cfg: DataConfig, key: str = "images") -> list[Source]:
+    """Every image of data.images (or data.val_images), read and checked before anything is
+    trained (UserErrors)."""
+    if not getattr(cfg, key):
         raise UserError("no training images: set data.images in the config or pass --data PATH ...")
     sources = []
-    for path in expand_images(cfg.images, option="data.images:"):
+    for path in expand_images(getattr(cfg, key), option=f"data.{key}:"):
         target = load_image(path, cfg.max_size)
         colour = torch.from_numpy(target.colour).permute(2, 0, 1)[None]
         alpha = None if target.alpha is None else torch.from_numpy(target.alpha)[None, None]
@@ -88,6 +89,20 @@ def group_sources(sources: list[Source], threshold: float) -> list[list[int]]:
     return list(groups.values())
 
 
+def data_split(cfg: DataConfig, seed: int) -> Split:
+    """The training and validation pictures: data.images and data.val_images when both are given
+    (a picture on both sides is an error), else data.images split by split_sources."""
+    if not cfg.val_images:
+        return split_sources(load_sources(cfg), cfg, seed)
+    train, val = load_sources(cfg), load_sources(cfg, "val_images")
+    for group in group_sources(train + val, cfg.same_source):
+        sides = {i < len(train) for i in group}
+        if len(sides) == 2:
+            both = [(train + val)[i].path for i in group]
+            raise UserError(f"data.val_images: {both[-1]} is the same picture as the training image {both[0]}")
+    return Split(train, val)
+
+
 def split_sources(sources: list[Source], cfg: DataConfig, seed: int) -> Split:
     """Whole groups to validation (a `val_share` of the groups, at least one) and the rest to
     training, drawn with `seed`. A held-out picture is validated once: the first file of its
@@ -104,7 +119,9 @@ def split_sources(sources: list[Source], cfg: DataConfig, seed: int) -> Split:
 
 
 def _crop_transform(cfg: DataConfig, flips: bool) -> v2.Compose:
-    steps = [v2.RandomResizedCrop(cfg.crop, scale=tuple(cfg.scale), ratio=(1.0, 1.0), antialias=True)]
+    """A random region (a `scale` share of the area, a `ratio` aspect) resized to a square: a
+    squashed region is still a picture for triangles, which any affine map keeps triangles."""
+    steps = [v2.RandomResizedCrop(cfg.crop, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), antialias=True)]
     if flips and cfg.hflip:
         steps.append(v2.RandomHorizontalFlip())
     if flips and cfg.vflip:
@@ -142,9 +159,10 @@ def epoch_batches(size: int, batch_size: int, seed: int, epoch: int) -> list[lis
     return [order[i:i + batch_size] for i in range(0, size - batch_size + 1, batch_size)]
 
 
-def validation_crops(sources: list[Source], cfg: DataConfig, seed: int) -> torch.Tensor:
-    """(V, 3, crop, crop): `val_crops` fixed crops of every validation image (no flips), the same
-    in every epoch and every run with this seed."""
+def validation_images(sources: list[Source], cfg: DataConfig, seed: int) -> list[torch.Tensor]:
+    """What every epoch validates on, (3, H, W) each: the whole images (data.val: whole), or
+    `val_crops` fixed crops of each (no flips), the same in every epoch and run with this seed."""
+    if cfg.val == "whole":
+        return [s.image for s in sources]
     transform = _crop_transform(cfg, flips=False)
-    return torch.stack([_seeded_crop(transform, s.image, seed, -1, i, k)
-                        for i, s in enumerate(sources) for k in range(cfg.val_crops)])
+    return [_seeded_crop(transform, s.image, seed, -1, i, k) for i, s in enumerate(sources) for k in range(cfg.val_crops)]

@@ -43,6 +43,24 @@ def prior_sizes(count: int, low: float, high: float) -> torch.Tensor:
     return (base * 2.0 ** ramp).clamp(low + 1e-3 * (high - low), high - 1e-3 * (high - low))
 
 
+def interior_points(order: int = 7) -> torch.Tensor:
+    """(K, 3) barycentric weights of the interior points of a triangle's lattice of `order`
+    (every point with all three weights >= 1 / order): K = (order - 1)(order - 2) / 2, spread
+    evenly over the triangle and away from its edges."""
+    points = [(i, j, order - i - j) for i in range(1, order) for j in range(1, order - i)]
+    return torch.tensor(points, dtype=torch.float32) / order
+
+
+def mean_under(image: torch.Tensor, vertices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B, N, 3): the mean of `image` (B, 3, h, w) at the points `weights` (K, 3) of every triangle
+    (B, N, 3, 2), bilinear: differentiable in the vertices."""
+    points = torch.einsum("kv,bnvc->bnkc", weights.to(vertices), vertices)  # (B, N, K, 2)
+    batch, count, k, _ = points.shape
+    grid = points.reshape(batch, count * k, 1, 2) * 2 - 1
+    sampled = nn.functional.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return sampled[..., 0].reshape(batch, 3, count, k).mean(dim=-1).transpose(1, 2)
+
+
 def _sample(maps: list[torch.Tensor], points: torch.Tensor) -> torch.Tensor:
     """Features (B, N, sum C) of every map at normalised points (B, N, 2), bilinear."""
     grid = points[:, :, None, :] * 2 - 1
@@ -63,6 +81,8 @@ class TriangleHead(nn.Module):
     def __init__(self, channels: list[int], count: int, cfg: HeadConfig) -> None:
         super().__init__()
         self.count, self.min_size, self.max_size = count, cfg.min_size, cfg.max_size
+        self.sampled = cfg.colour == "sampled"
+        self.register_buffer("interior", interior_points(), persistent=False)
         self.register_buffer("anchor_logits", torch.logit(anchors(count)))
         prior = (prior_sizes(count, cfg.min_size, cfg.max_size) - cfg.min_size) / (cfg.max_size - cfg.min_size)
         self.register_buffer("size_logits", torch.logit(prior))
@@ -75,7 +95,9 @@ class TriangleHead(nn.Module):
         self.appearance = _mlp(features + cfg.hidden, cfg.hidden, 4)  # colour 3, opacity 1
         self.background = _mlp(pooled, cfg.hidden, 3)
 
-    def forward(self, maps: list[torch.Tensor]) -> Scene:
+    def forward(self, maps: list[torch.Tensor], image: torch.Tensor | None = None) -> Scene:
+        """Triangles from the encoder's maps; with colour: sampled, `image` (B, 3, h, w) in [0, 1]
+        is what the colours are read from."""
         batch = maps[0].shape[0]
         pooled = maps[-1].mean(dim=(2, 3))
         anchor = torch.sigmoid(self.anchor_logits).expand(batch, -1, -1)
@@ -87,7 +109,11 @@ class TriangleHead(nn.Module):
         vertices = self.place(raw)
         centroid = vertices.mean(dim=2)
         look = self.appearance(torch.cat([_sample(maps, centroid), hidden], dim=-1))
-        colors = torch.sigmoid(look[..., :3])
+        if self.sampled:  # the image's own colour under the triangle, corrected (the correction starts at 0)
+            mean = mean_under(image, vertices, self.interior).clamp(1e-3, 1 - 1e-3)
+            colors = torch.sigmoid(torch.logit(mean) + look[..., :3])
+        else:
+            colors = torch.sigmoid(look[..., :3])
         opacity = torch.sigmoid(look[..., 3] + self.opacity_logit)
         background = torch.sigmoid(self.background(pooled))
         return Scene(vertices, colors, opacity, background)

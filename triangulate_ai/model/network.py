@@ -36,7 +36,12 @@ class TriangleModel(nn.Module):
         if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
             x = nn.functional.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                                           antialias=True, align_corners=False)
-        scene = self.head(self.encoder(x))
+        colours = None
+        if self.head.sampled:  # read at twice the encoder's resolution, smoothed by the downscale
+            side = 2 * self.input_size
+            colours = images if images.shape[-1] <= side and images.shape[-2] <= side else nn.functional.interpolate(
+                images, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        scene = self.head(self.encoder(x), colours)
         if not self.learn_background:
             scene = scene._replace(background=resolve_background(self.background, images))
         return scene

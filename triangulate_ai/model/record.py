@@ -18,9 +18,10 @@ from typing import Callable
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .. import __version__
-from ..io import json_text, save_png, write_atomic, write_json
+from ..io import json_text, save_png, to_uint8, write_atomic, write_json
 from ..monitor import TensorBoardSink, WarningMonitor
 from ..checkpoints import WARNING, Mismatch, conform, list_of, number, optimizer_state, read_checkpoint, record, refusal
 from ..run import CHECKPOINT, METRICS, weights_summary
@@ -31,7 +32,8 @@ from .trainer import ModelStep, ModelTrainer, Validation
 
 MODEL_FORMAT = "triangulate_ai.model/1"
 SECTIONS = ("config", "trainer", "recorder", "split")
-SHEET_CROPS = 8  # validation crops shown in val.png and TensorBoard
+SHEET_IMAGES = 8  # validation images shown in val.png and TensorBoard
+SHEET_HEIGHT = 128  # pixels of each row of val.png
 
 
 def read_model_checkpoint(path: Path, device: torch.device) -> dict:
@@ -64,18 +66,27 @@ def check_training_state(state: dict, path: Path, trainer: ModelTrainer) -> None
         raise refusal(path, exc) from None
 
 
-def sheet(targets: torch.Tensor, drawings: list[np.ndarray], scale: int = 2) -> np.ndarray:
-    """Crops (top row) over the model's drawings of them (bottom row), enlarged `scale` times."""
-    top = np.concatenate([t.permute(1, 2, 0).numpy() for t in targets], axis=1)
-    bottom = np.concatenate(drawings, axis=1)
-    grid = np.concatenate([top, np.ones((2, top.shape[1], 3), np.float32), bottom], axis=0)
-    return grid.repeat(scale, axis=0).repeat(scale, axis=1)
+def picture_rows(rows: list[list[np.ndarray]], height: int = SHEET_HEIGHT) -> np.ndarray:
+    """Rows of (H, W, 3) pictures of any sizes, each scaled to `height`, one row over the next."""
+    def row(pictures: list[np.ndarray]) -> np.ndarray:
+        scaled = [np.asarray(Image.fromarray(to_uint8(p)).resize(
+            (max(1, round(p.shape[1] * height / p.shape[0])), height), Image.LANCZOS)) for p in pictures]
+        return np.concatenate(scaled, axis=1).astype(np.float32) / 255.0
+
+    joined = [row(pictures) for pictures in rows]
+    gap = np.ones((2, joined[0].shape[1], 3), np.float32)
+    return np.concatenate([part for picture in joined for part in (picture, gap)][:-1], axis=0)
+
+
+def sheet(targets: list[torch.Tensor] | torch.Tensor, drawings: list[np.ndarray]) -> np.ndarray:
+    """Images (top row) over the model's drawings of them (bottom row)."""
+    return picture_rows([[t.permute(1, 2, 0).cpu().numpy() for t in targets], drawings])
 
 
 class ModelRecorder:
     def __init__(self, folder: Path, cfg: ModelRunConfig, trainer: ModelTrainer, split: Split,
-                 crops: torch.Tensor, on_warning: Callable[[dict], None] = lambda warning: None) -> None:
-        self.folder, self.cfg, self.split, self.crops = folder, cfg, split, crops
+                 images: list[torch.Tensor], on_warning: Callable[[dict], None] = lambda warning: None) -> None:
+        self.folder, self.cfg, self.split, self.images = folder, cfg, split, images
         self.on_warning = on_warning
         log = cfg.log
         self.tensorboard = TensorBoardSink(folder / "tensorboard", log.tensorboard) if log.tensorboard.enabled else None
@@ -109,7 +120,7 @@ class ModelRecorder:
         images = None
         every = log.tensorboard.image_every
         if to_board and every and step % every == 0:
-            count = min(SHEET_CROPS, len(result.targets))
+            count = min(SHEET_IMAGES, len(result.targets))
             renders = [r.permute(1, 2, 0).cpu().clamp(0, 1).numpy() for r in result.render[:count]]
             images = {"images/train": sheet(result.targets[:count].cpu(), renders)}
         self._emit(record, jsonl=to_jsonl, images=images, variance_ratio=result.variance_ratio)
@@ -118,8 +129,8 @@ class ModelRecorder:
         """Log the validation, write val.png, and checkpoint."""
         summary = validation.summary()
         self.history.append({"epoch": trainer.epoch, "step": trainer.step, **summary})
-        count = min(SHEET_CROPS, len(self.crops))
-        picture = sheet(self.crops[:count], validation.drawings[:count])
+        count = min(SHEET_IMAGES, len(self.images))
+        picture = sheet(self.images[:count], validation.drawings[:count])
         save_png(self.folder / "val.png", picture)
         images = {"images/val": picture} if self.tensorboard is not None else None
         self._emit({"step": trainer.step, "epoch": trainer.epoch, **{f"eval/{k}": v for k, v in summary.items()}},
@@ -190,7 +201,7 @@ class ModelRecorder:
             "network_weights": networks,
             "perceptual_weights": weights_summary(networks),
             "split": self.split.names(),
-            "val_crops": len(self.crops),
+            "val_images": len(self.images),  # crops or whole pictures (data.val)
             "warnings": self.warnings,
             "wall_time_s": round(trainer.elapsed, 3),
             "seconds_per_step": round(trainer.elapsed / max(trainer.step, 1), 5),

@@ -17,16 +17,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ..export import rasterize_svg, scene_to_dict, svg_from_dict  # noqa: E402
 from ..errors import ArgumentParser  # noqa: E402
 from ..io import to_uint8  # noqa: E402
-from .data import load_sources, validation_crops  # noqa: E402
+from .data import load_sources, validation_images  # noqa: E402
 from .predict import load_model  # noqa: E402
-from .record import read_model_checkpoint  # noqa: E402
+from .record import picture_rows, read_model_checkpoint  # noqa: E402
 
 SHOWN = 8  # validation crops in predictions.png
 
@@ -84,18 +83,16 @@ def plot_predictions(folders: dict[str, Path], out: Path) -> Path:
     _, cfg = load_model(first)
     val = read_model_checkpoint(first / "checkpoint.pt", torch.device("cpu"))["split"]["val"]
     data = cfg.data.model_copy(update={"images": val})
-    crops = validation_crops(load_sources(data), data, cfg.seed)
-    crops = crops[::max(1, len(crops) // SHOWN)][:SHOWN]  # spread over the held-out pictures
-    height, width = crops.shape[-2:]
-    rows = [np.concatenate([c.permute(1, 2, 0).numpy() for c in crops], axis=1)]
+    images = validation_images(load_sources(data), data, cfg.seed)
+    images = images[::max(1, len(images) // SHOWN)][:SHOWN]  # spread over the held-out pictures
+    rows = [[image.permute(1, 2, 0).numpy() for image in images]]
     for folder in folders.values():
         model, _ = load_model(folder)
         with torch.no_grad():
-            scene = model(crops)
-        rows.append(np.concatenate([rasterize_svg(svg_from_dict(scene_to_dict(scene, height, width, index=b)))
-                                    for b in range(len(crops))], axis=1))
-    gap = np.ones((2, rows[0].shape[1], 3), np.float32)
-    picture = np.concatenate([part for row in rows for part in (row, gap)][:-1], axis=0)
+            scenes = [model(image[None]) for image in images]
+        rows.append([rasterize_svg(svg_from_dict(scene_to_dict(scene, *image.shape[-2:])))
+                     for scene, image in zip(scenes, images)])
+    picture = picture_rows(rows, height=max(image.shape[-2] for image in images))
     path = out / "predictions.png"
     Image.fromarray(to_uint8(picture)).quantize(256).save(path, optimize=True)  # a palette keeps the file small
     return path

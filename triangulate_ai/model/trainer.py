@@ -59,6 +59,18 @@ class ModelStep:
     targets: torch.Tensor
 
 
+def same_size_batches(images: list[torch.Tensor], size: int) -> list[torch.Tensor]:
+    """`images` (3, H, W) in order, stacked into batches of up to `size` consecutive images of
+    one size."""
+    batches: list[list[torch.Tensor]] = []
+    for image in images:
+        if batches and len(batches[-1]) < size and batches[-1][0].shape == image.shape:
+            batches[-1].append(image)
+        else:
+            batches.append([image])
+    return [torch.stack(batch) for batch in batches]
+
+
 def colour_variance(images: torch.Tensor) -> torch.Tensor:
     """(B,) per-image colour variance over pixels, averaged over channels."""
     return images.var(dim=(2, 3)).mean(dim=1)
@@ -184,17 +196,17 @@ class ModelTrainer:
             self.model.train()
 
     @torch.no_grad()
-    def validate(self, crops: torch.Tensor, evaluators: list[Evaluator]) -> "Validation":
-        """The model's one-pass prediction for every validation crop, scored as the exported SVG
-        draws it (PSNR, SSIM, LPIPS), against the flat mean colour, with the loss terms on the
-        soft render, and each prediction's collapse verdict (its colour variance below
-        log.warnings.collapse_ratio x the crop's, the fit's flat-collapse sign)."""
-        size = self.cfg.train.batch_size
-        height, width = crops.shape[-2:]
+    def validate(self, images: list[torch.Tensor], evaluators: list[Evaluator]) -> "Validation":
+        """The model's one-pass prediction for every validation image (crops or whole pictures,
+        any sizes: images of one size go through in batches), scored as the exported SVG draws
+        it (PSNR, SSIM, LPIPS), against the flat mean colour, with the loss terms on the soft
+        render, and each prediction's collapse verdict (its colour variance below
+        log.warnings.collapse_ratio x the image's, the fit's flat-collapse sign)."""
         losses: dict[str, list[torch.Tensor]] = {}
-        drawings = []
-        for start in range(0, len(crops), size):
-            chunk = crops[start:start + size].to(self.device)
+        drawings: list[np.ndarray] = []
+        for batch in same_size_batches(images, self.cfg.train.batch_size):
+            chunk = batch.to(self.device)
+            height, width = chunk.shape[-2:]
             scene = self.predict(chunk)
             soft = self.renderer(scene, height, width)
             for name, value in term_losses(self.terms, self.modifiers, soft, chunk, None, self.step).items():
@@ -202,10 +214,10 @@ class ModelTrainer:
             drawings += [rasterize_svg(svg_from_dict(scene_to_dict(scene, height, width, index=b)))
                          for b in range(len(chunk))]
         scores = [evaluator(drawing) for evaluator, drawing in zip(evaluators, drawings)]
-        hard = torch.from_numpy(np.stack(drawings)).permute(0, 3, 1, 2)
-        ratios = colour_variance(hard) / colour_variance(crops).clamp_min(1e-12)
-        flat = [flat_mean_psnr(crops[i:i + 1]) for i in range(len(crops))]
-        return Validation(scores=scores, flat_psnr=flat, variance_ratios=ratios.tolist(),
+        ratios = [float(colour_variance(torch.from_numpy(d).permute(2, 0, 1)[None])
+                        / colour_variance(image[None]).clamp_min(1e-12)) for d, image in zip(drawings, images)]
+        flat = [flat_mean_psnr(image[None]) for image in images]
+        return Validation(scores=scores, flat_psnr=flat, variance_ratios=ratios,
                           collapse_ratio=self.cfg.log.warnings.collapse_ratio,
                           losses={name: float(torch.cat(values).mean()) for name, values in losses.items()},
                           drawings=drawings)
@@ -258,7 +270,7 @@ class Observer(Protocol):
     def on_epoch(self, trainer: ModelTrainer, validation: Validation) -> None: ...
 
 
-def train_epochs(trainer: ModelTrainer, data: TrainCrops, crops: torch.Tensor, evaluators: list[Evaluator],
+def train_epochs(trainer: ModelTrainer, data: TrainCrops, crops: list[torch.Tensor], evaluators: list[Evaluator],
                  observers: list[Observer], should_stop: Callable[[], bool] = lambda: False, workers: int = 0) -> str:
     """Steps from where the trainer stands (mid-epoch after a resume) to the end of train.epochs,
     validating after every epoch; "epochs" at the end, "interrupted" when `should_stop` said so
