@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 _HOMES = {
     "FitFailed": "api", "FitResult": "api", "Run": "api", "fit": "api", "load_triangles": "api", "render": "api",
+    "predict": "instant",
     "Config": "config", "load_config": "config",
     "UserError": "errors",
     "Fitter": "loop", "StepResult": "loop",

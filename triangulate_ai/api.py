@@ -25,13 +25,14 @@ from PIL import Image
 
 from .config import Config, RenderConfig, load_config, safe_load
 from .errors import UserError
-from .export import scene_to_dict, svg_from_dict
 from .loop import Fitter, Observer, resolve_device
 from .init import resolve_background
-from .io import TargetImage, image_from_array, load_image, remove_temporaries, save_png, write_atomic, write_json
+from .io import TargetImage, image_from_array, load_image, remove_temporaries, write_atomic
 from .memory import check_memory
 from .metrics import Evaluator
+from .model.predict import load_model
 from .raster import Scene, make_renderer
+from .result import Triangulation
 from .run import CHECKPOINT, RunRecorder, check_recorder_state, load_scene_states, read_checkpoint
 from .triangles import TriangleSet
 
@@ -39,42 +40,15 @@ ImageLike = str | Path | np.ndarray | Image.Image
 
 
 @dataclass
-class FitResult:
+class FitResult(Triangulation):
     """The outcome of a fit: the triangles, the pictures and the metrics of summary.json."""
 
     config: Config
-    scene: Scene  # final triangles, detached, on the CPU
-    height: int
-    width: int
-    image: np.ndarray  # (H, W, 3) float in [0, 1]: the triangles as an SVG viewer draws them
     soft: np.ndarray  # the soft training render
-    target: np.ndarray
-    metrics: dict  # what summary.json holds (psnr, ssim, lpips, ... on the hard-edged drawing)
-    folder: Path | None  # the run folder, when the fit wrote one
 
     @property
     def completed(self) -> bool:
         return bool(self.metrics["completed"])
-
-    def to_dict(self) -> dict:
-        """The triangles in the documented triangles.json schema."""
-        return scene_to_dict(self.scene, self.height, self.width)
-
-    def svg(self) -> str:
-        return svg_from_dict(self.to_dict())
-
-    def save_svg(self, path: str | Path) -> Path:
-        write_atomic(path, self.svg())
-        return Path(path)
-
-    def save_json(self, path: str | Path) -> Path:
-        write_json(path, self.to_dict())
-        return Path(path)
-
-    def save_png(self, path: str | Path) -> Path:
-        """The hard-edged drawing (what the metrics describe) as PNG."""
-        save_png(path, self.image)
-        return Path(path)
 
 
 class FitFailed(RuntimeError):
@@ -353,22 +327,33 @@ class Run:
                                     target=self.evaluators[b].target, metrics=summary, folder=self.folders[b])
 
 
-SHORTCUTS = {"triangles": "triangles.count", "seed": "seed", "device": "device"}
+SHORTCUTS = {"triangles": "triangles.count", "seed": "seed", "device": "device", "init": "triangles.init",
+             "model": "triangles.model"}
 
 
 def fit(image: ImageLike, config: str | Path | Config | None = None, *, out: str | Path | None = None,
         overwrite: bool = False, overrides: dict[str, Any] | None = None, progress: bool = False,
         triangles: int | None = None, iterations: int | None = None, time_limit: float | None = None,
-        target_psnr: float | None = None, seed: int | None = None, device: str | None = None) -> FitResult:
+        target_psnr: float | None = None, seed: int | None = None, device: str | None = None,
+        init: str | None = None, model: str | None = None) -> FitResult:
     """Fit `image` (a path, an (H, W, 3|4) array or a PIL image) with triangles.
 
     `config` is a YAML file, a Config, or None for the defaults of configs/base.yaml;
     `overrides` maps dotted config keys to values (like --set), and the keyword shortcuts set
-    the common ones (a `time_limit` without `iterations` bounds the run by time alone). With
-    `out`, a run folder is written as by the command line (a new name is taken if it exists,
-    unless `overwrite`); without it nothing is written."""
+    the common ones (a `time_limit` without `iterations` bounds the run by time alone;
+    `init="model"` starts from a trained model's prediction, the shipped "default" unless `model`
+    names another, with its triangle count). With `out`, a run folder is written as by the
+    command line (a new name is taken if it exists, unless `overwrite`); without it nothing is
+    written."""
+    if model is not None and init not in (None, "model"):
+        raise UserError(f"fit(): model={model!r} is a starting point: it goes with init='model', not {init!r}")
+    if model is not None or init == "model":
+        init, model = "model", model or "default"
+        if triangles is None:
+            triangles = load_model(model)[0].count
     values = {SHORTCUTS[name]: value for name, value in
-              (("triangles", triangles), ("seed", seed), ("device", device)) if value is not None}
+              (("triangles", triangles), ("seed", seed), ("device", device), ("init", init), ("model", model))
+              if value is not None}
     values.update(budget_values(overrides or {}, iterations, time_limit, target_psnr))
     target = None
     if isinstance(image, (str, Path)):

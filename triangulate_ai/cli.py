@@ -19,7 +19,9 @@ from .api import FitFailed, Job, Run, budget_values, check_folder, random_networ
 from .config import Config, load_config
 from .errors import EXIT_INTERRUPTED, ArgumentParser, UserError, one_line_errors, program_name
 from .loop import Fitter
+from .instant import instant_items, predict_all
 from .io import TargetImage, expand_images, load_image, write_atomic
+from .model.predict import load_model
 from .progress import ProgressBar, print_warning
 from .run import CHECKPOINT
 from .stop import StopRequest
@@ -47,9 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target-psnr", type=float, metavar="DB",
                         help="stop once the hard-edged export reaches this PSNR (optim.target_psnr), checked "
                              "every eval.every steps")
-    parser.add_argument("--init-from-model", type=Path, metavar="CKPT",
-                        help="start from a trained model's prediction for each image (a triangulate-train-model "
-                             "checkpoint.pt or its folder; sets triangles.init=model, triangles.model=CKPT)")
+    parser.add_argument("--init-from-model", metavar="MODEL",
+                        help="start from a trained model's prediction for each image: a shipped model's name "
+                             "(default) or a triangulate-train-model checkpoint.pt or its folder (sets "
+                             "triangles.init=model, triangles.model=MODEL and the model's triangles.count)")
+    parser.add_argument("--instant", action="store_true",
+                        help="no fitting: draw each image with a trained model's one-pass prediction (the shipped "
+                             "model 'default', or --init-from-model MODEL) and write the usual exports")
     parser.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder instead of "
                         "choosing a new name")
@@ -64,11 +70,17 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.instant:
+        return _instant(args)
     if args.init_from_model is not None:
         if args.resume is not None:
             raise UserError("--init-from-model starts a fit; a resumed run goes on from its checkpoint")
-        args.overrides = [*args.overrides, "triangles.init=model",
+        count = load_model(args.init_from_model)[0].count
+        explicit = [item for item in args.overrides if item.partition("=")[0].strip() == "triangles.count"]
+        args.overrides = [f"triangles.count={count}", *args.overrides, "triangles.init=model",
                           f"triangles.model={json.dumps(str(args.init_from_model))}"]  # quoted: any path is a string
+        if explicit:  # a count asked for explicitly must be the model's (the fit then says so)
+            args.overrides.append(explicit[-1])
     images = expand_images(args.image) if args.image else None
     if args.resume is None and ((images and len(images) > 1) or (args.seeds and len(args.seeds) > 1)):
         return _train_many(args, images)
@@ -106,6 +118,46 @@ def _train(args: argparse.Namespace) -> int:
               f"continue with --resume {run.folder}")
         return EXIT_INTERRUPTED
     return 0
+
+
+def _instant(args: argparse.Namespace) -> int:
+    """--instant: the model's one-pass prediction of every image, exported; a table of them."""
+    unused = [flag for flag, value in (("--resume", args.resume), ("--seeds", args.seeds), ("--iterations",
+              args.iterations), ("--time", args.time), ("--target-psnr", args.target_psnr)) if value is not None]
+    if unused:
+        raise UserError(f"--instant draws a model's one-pass prediction, nothing is fitted: {unused[0]} has no "
+                        "meaning with it")
+    if not args.image:
+        raise UserError("--instant needs --image IMAGE ... (files, folders or glob patterns)")
+    images = expand_images(args.image)
+    cfg = load_config(args.config, args.overrides, values_source="--instant")
+    many = len(images) > 1
+    out = args.out or (Path("runs") if many else Path("runs") / images[0].stem)
+    check_folder(out)
+    model = args.init_from_model or "default"
+    items = instant_items(images, cfg, out, many)
+    print(f"{len(images)} image(s), one-pass prediction of the model {model} -> {out}")
+    results = predict_all(items, model, cfg, overwrite=args.overwrite, batch_size=args.batch_size,
+                          progress=cfg.log.progress_bar and sys.stderr.isatty())
+    table = instant_table(results)
+    print(table)
+    if many:
+        write_atomic(out / "summary.md", table + "\n")
+    return 0
+
+
+def instant_table(results) -> str:
+    """One Markdown row per image: PSNR and SSIM of the hard-edged drawing, milliseconds, folder."""
+    lines = ["| image | PSNR (dB) | SSIM | flat mean (dB) | ms (model) | ms (drawing) | folder |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        m = r.metrics
+        lines.append(f"| {Path(m['image']).stem} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['psnr_flat_mean']:.2f} | "
+                     f"{1000 * m['seconds_forward']:.1f} | {1000 * m['seconds_drawing']:.1f} | {r.folder} |")
+    if len(results) > 1:
+        mean = sum(r.metrics["psnr"] for r in results) / len(results)
+        lines.append(f"| **mean of {len(results)}** | **{mean:.2f}** | | | | | |")
+    return "\n".join(lines)
 
 
 def banner(cfg: Config, image: TargetImage, fitter: Fitter, device: torch.device, folder: Path,

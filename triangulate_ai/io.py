@@ -56,13 +56,36 @@ def load_image(path: str | Path, max_size: int = 0) -> TargetImage:
     except UnidentifiedImageError:
         raise UserError(f"not an image file (Pillow cannot identify it): {path}") from None
     except Image.DecompressionBombError as exc:
-        found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f" ({int(found[1]):,} pixels)" if found else ""
-        raise UserError(f"image {path}{size} has more pixels than Pillow decodes ({2 * Image.MAX_IMAGE_PIXELS:,}, its "
-                        "guard against decompression bombs); downscale it first") from None
+        raise _too_large(path, exc) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
     return _target(path, pixels, max_size)
+
+
+def working_size(path: str | Path, max_size: int = 0) -> tuple[int, int]:
+    """(width, height) of an image once downscaled to `max_size` (0 keeps it), as load_image
+    would give it, from its header alone; the same one-line errors for what cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image not found: {path}" if not path.exists() else f"image path is a directory: {path}")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except UnidentifiedImageError:
+        raise UserError(f"not an image file (Pillow cannot identify it): {path}") from None
+    except Image.DecompressionBombError as exc:
+        raise _too_large(path, exc) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+    scale = max_size / max(width, height) if max_size else 1.0
+    return (max(1, round(width * scale)), max(1, round(height * scale))) if scale < 1.0 else (width, height)
+
+
+def _too_large(path: Path, exc: Exception) -> UserError:
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f" ({int(found[1]):,} pixels)" if found else ""
+    return UserError(f"image {path}{size} has more pixels than Pillow decodes ({2 * Image.MAX_IMAGE_PIXELS:,}, its "
+                     "guard against decompression bombs); downscale it first")
 
 
 def image_from_array(array: np.ndarray, max_size: int = 0) -> TargetImage:

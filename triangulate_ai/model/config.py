@@ -68,6 +68,13 @@ class ModelConfig(Section):
     input_size: int = Field(64, ge=16)  # images are resized to input_size^2 before the encoder
     encoder: EncoderConfig = EncoderConfig()
     head: HeadConfig = HeadConfig()
+    refine: int = Field(0, ge=0)  # the last `refine` triangles come from a second stage that sees the first's drawing
+
+    @model_validator(mode="after")
+    def _refiner(self) -> "ModelConfig":
+        if self.refine and self.encoder.type != "small_cnn":
+            raise ValueError("refine needs encoder type small_cnn (its second stage reads 9 channels)")
+        return self
 
 
 class DataConfig(Section):
@@ -130,6 +137,13 @@ class ModelRunConfig(Config):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     schedules: dict[str, ModelScheduleConfig] = {}
+
+    @model_validator(mode="after")
+    def _stages(self) -> "ModelRunConfig":
+        if self.model.refine >= self.triangles.count:
+            raise ValueError(f"model.refine ({self.model.refine}) must be less than triangles.count "
+                             f"({self.triangles.count}): the first stage needs triangles too")
+        return self
 
     def dump(self) -> dict:
         """Every value model training uses (the fit-only keys left out, so the dump loads again)."""

@@ -37,9 +37,12 @@ class Encoder(nn.Module, ABC):
     strides: list[int]
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        mean = images.new_tensor(IMAGENET_MEAN)[:, None, None]
-        std = images.new_tensor(IMAGENET_STD)[:, None, None]
-        return (images - mean) / std
+        """Every group of 3 channels scaled as ImageNet networks expect; the first two groups
+        (an image, a drawing) also centred, a third (their difference) is centred already."""
+        groups = images.shape[1] // 3
+        mean = images.new_tensor([IMAGENET_MEAN if g < 2 else (0.0, 0.0, 0.0) for g in range(groups)]).reshape(-1)
+        std = images.new_tensor([IMAGENET_STD] * groups).reshape(-1)
+        return (images - mean[:, None, None]) / std[:, None, None]
 
     @abstractmethod
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -53,14 +56,14 @@ class Encoder(nn.Module, ABC):
 class SmallCNN(Encoder):
     """Stem and three stride-2 stages of two blocks each: learnt maps at strides 4 and 8."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, inputs: int = 3) -> None:
         super().__init__()
         w = width
-        self.stem = _block(3, w, 1)
+        self.stem = _block(inputs, w, 1)
         self.stage2 = nn.Sequential(_block(w, 2 * w, 2), _block(2 * w, 2 * w, 1))
         self.stage4 = nn.Sequential(_block(2 * w, 4 * w, 2), _block(4 * w, 4 * w, 1))
         self.stage8 = nn.Sequential(_block(4 * w, 8 * w, 2), _block(8 * w, 8 * w, 1))
-        self.channels, self.strides = [3, 4 * w, 8 * w], [4, 4, 8]
+        self.channels, self.strides = [inputs, 4 * w, 8 * w], [4, 4, 8]
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         x4 = self.stage4(self.stage2(self.stem(x)))
@@ -84,10 +87,10 @@ class ResNetEncoder(Encoder):
         return [x8, self.layer3(x8)]
 
 
-def build_encoder(cfg: EncoderConfig, load_weights: bool = True) -> Encoder:
+def build_encoder(cfg: EncoderConfig, load_weights: bool = True, inputs: int = 3) -> Encoder:
     """The encoder of `cfg`, with its starting weights (`load_weights`; not when a model
-    checkpoint's weights are about to replace them)."""
-    encoder = SmallCNN(cfg.width) if cfg.type == "small_cnn" else ResNetEncoder(cfg.type)
+    checkpoint's weights are about to replace them), reading `inputs` channels (small_cnn)."""
+    encoder = SmallCNN(cfg.width, inputs) if cfg.type == "small_cnn" else ResNetEncoder(cfg.type)
     if load_weights and cfg.weights != "random":
         state = backbone_state(cfg.type, cfg.weights, SETTING)  # imagenet (resnets) or a file
         load_into(encoder, state, lambda key: key, SETTING)

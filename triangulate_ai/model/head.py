@@ -78,16 +78,22 @@ def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
 
 
 class TriangleHead(nn.Module):
-    def __init__(self, channels: list[int], count: int, cfg: HeadConfig) -> None:
+    """The slots `first` to `first + count` of a model of `total` triangles (all of them by
+    default): their anchors and prior sizes are those slots' of the whole sequence."""
+
+    def __init__(self, channels: list[int], count: int, cfg: HeadConfig, first: int = 0,
+                 total: int | None = None) -> None:
         super().__init__()
+        total = count + first if total is None else total
+        slots = slice(first, first + count)
         self.count, self.min_size, self.max_size = count, cfg.min_size, cfg.max_size
         self.sampled = cfg.colour == "sampled"
         self.register_buffer("interior", interior_points(), persistent=False)
-        self.register_buffer("anchor_logits", torch.logit(anchors(count)))
-        prior = (prior_sizes(count, cfg.min_size, cfg.max_size) - cfg.min_size) / (cfg.max_size - cfg.min_size)
-        self.register_buffer("size_logits", torch.logit(prior))
-        generator = torch.Generator().manual_seed(count)  # fixed per count: part of the architecture
-        self.register_buffer("turns", torch.rand(count, generator=generator) * (2 * math.pi))
+        self.register_buffer("anchor_logits", torch.logit(anchors(total)[slots]))
+        prior = (prior_sizes(total, cfg.min_size, cfg.max_size) - cfg.min_size) / (cfg.max_size - cfg.min_size)
+        self.register_buffer("size_logits", torch.logit(prior[slots]))
+        generator = torch.Generator().manual_seed(total)  # fixed per count: part of the architecture
+        self.register_buffer("turns", (torch.rand(total, generator=generator) * (2 * math.pi))[slots])
         self.opacity_logit = math.log(cfg.opacity / (1 - cfg.opacity))
         self.embedding = nn.Parameter(0.1 * torch.randn(count, cfg.embedding)) if cfg.embedding else None
         features, pooled = sum(channels), channels[-1]

@@ -5,45 +5,67 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config import RenderConfig
 from ..init import resolve_background
+from ..raster import make_renderer
 from ..raster.scene import Scene
 from .config import ModelRunConfig
 from .encoder import build_encoder
 from .head import TriangleHead
+
+DRAFT_SIGMA = 0.5  # pixels of the encoder-sized drawing the second stage sees
 
 
 class TriangleModel(nn.Module):
     """Encoder -> triangle head. Any image size goes in: the encoder sees it resized to
     `model.input_size` squared, and the triangles come out in normalised coordinates, so they
     cover the image whatever its size. The background is predicted when
-    `triangles.learn_background`, else it is `triangles.background` of each image."""
+    `triangles.learn_background`, else it is `triangles.background` of each image.
+
+    With `model.refine: R`, the last R triangles come from a second stage, painted over the first
+    stage's: its encoder reads the image, the first stage's soft drawing at the encoder's size
+    and their difference, so it can put triangles where the first stage left error (the
+    iterative idea of Paint Transformer and Learning to Paint, in two steps)."""
 
     def __init__(self, cfg: ModelRunConfig, load_weights: bool = True) -> None:
         super().__init__()
         self.input_size = cfg.model.input_size
+        total, refine = cfg.triangles.count, cfg.model.refine
         self.encoder = build_encoder(cfg.model.encoder, load_weights)
-        self.head = TriangleHead(self.encoder.channels, cfg.triangles.count, cfg.model.head)
+        self.head = TriangleHead(self.encoder.channels, total - refine, cfg.model.head, total=total)
+        self.refiner = None
+        if refine:
+            self.refine_encoder = build_encoder(cfg.model.encoder, load_weights=False, inputs=9)
+            self.refiner = TriangleHead(self.refine_encoder.channels, refine, cfg.model.head, first=total - refine,
+                                        total=total)
+            self.renderer = make_renderer(RenderConfig(backend=cfg.render.backend, sigma=DRAFT_SIGMA))
         self.learn_background = cfg.triangles.learn_background
         self.background = cfg.triangles.background
 
     @property
     def count(self) -> int:
-        return self.head.count
+        return self.head.count + (self.refiner.count if self.refiner is not None else 0)
 
     def forward(self, images: torch.Tensor) -> Scene:
         """Triangles for (B, 3, H, W) images in [0, 1]."""
+        side = self.input_size
         x = images
-        if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            x = nn.functional.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
-                                          antialias=True, align_corners=False)
+        if tuple(x.shape[-2:]) != (side, side):
+            x = nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
         colours = None
         if self.head.sampled:  # read at twice the encoder's resolution, smoothed by the downscale
-            side = 2 * self.input_size
-            colours = images if images.shape[-1] <= side and images.shape[-2] <= side else nn.functional.interpolate(
-                images, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+            colours = images if images.shape[-1] <= 2 * side and images.shape[-2] <= 2 * side else \
+                nn.functional.interpolate(images, size=(2 * side, 2 * side), mode="bilinear", antialias=True,
+                                          align_corners=False)
         scene = self.head(self.encoder(x), colours)
         if not self.learn_background:
             scene = scene._replace(background=resolve_background(self.background, images))
+        if self.refiner is not None:
+            # on the meta device (memory estimates) there is no kernel to draw with: only the shape counts
+            draft = torch.zeros_like(x) if x.is_meta else self.renderer(scene, side, side)
+            more = self.refiner(self.refine_encoder(torch.cat([x, draft, x - draft], dim=1)), colours)
+            scene = Scene(torch.cat([scene.vertices, more.vertices], 1), torch.cat([scene.colors, more.colors], 1),
+                          torch.cat([scene.opacity, more.opacity], 1), scene.background)
         return scene
 
 

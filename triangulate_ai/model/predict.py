@@ -21,19 +21,38 @@ from .network import TriangleModel, memory_bytes
 from .record import read_model_checkpoint
 
 _LOADED: dict[tuple, tuple[TriangleModel, ModelRunConfig]] = {}
+SHIPPED = Path(__file__).resolve().parent.parent / "models"  # models that come with the package: NAME.pt + NAME.json
+
+
+def shipped_models() -> list[str]:
+    """Names of the models that come with the package ("default", ...)."""
+    return sorted(p.stem for p in SHIPPED.glob("*.pt"))
+
+
+def model_path(model: str | Path) -> Path:
+    """The checkpoint of `model`: a shipped model's name, a checkpoint file, or a training folder
+    (its checkpoint.pt). Neither is a UserError naming the shipped models."""
+    text = str(model)
+    if "/" not in text and (SHIPPED / f"{text}.pt").is_file():
+        return SHIPPED / f"{text}.pt"
+    path = Path(model)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        names = ", ".join(shipped_models()) or "none here"
+        raise UserError(f"model {text!r}: not a shipped model ({names}) nor a model checkpoint or training folder")
+    return path
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[TriangleModel, ModelRunConfig]:
-    """The network of a model checkpoint (a training folder's checkpoint.pt, or the folder), in
+    """The network of a model (a shipped model's name, a checkpoint, or a training folder), in
     inference mode, with its config. Loaded once per file version and device. Nothing is built
     before the checkpoint has passed the checks of a user's config (the config models, their
     limits, the memory estimate) and its weights those of checkpoints.conform."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    path = model_path(path)
     device = torch.device(device)
-    stat = path.stat() if path.is_file() else None
-    key = (str(path.resolve()), stat and stat.st_mtime_ns, stat and stat.st_size, str(device))
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(device))
     if key not in _LOADED:
         state = read_model_checkpoint(path, device)
         cfg = config_from_mapping(state["config"], f"{path} (its config)", ModelRunConfig)

@@ -1,0 +1,110 @@
+"""Shipping a trained model with the package: its weights as triangulate_ai/models/NAME.pt (a
+model checkpoint without the optimiser's state, which only a resumed training needs) and a card,
+NAME.json, saying what it is and how it was made, so `--init-from-model NAME`, `triangles.model:
+NAME`, `fit(init="model")` and `predict()` find it by name.
+
+    python -m triangulate_ai.model.ship runs/model_natural --name default \\
+        --data "natural/train (Sun-Hays 80 + Urban100, 180 pictures); validated on natural/val (BSD68)" \\
+        --command "python train_model.py --config configs/model/natural.yaml ..."
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import io
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..errors import ArgumentParser, UserError, one_line_errors
+from ..io import write_atomic, write_json
+from .predict import SHIPPED, load_model
+from .record import read_model_checkpoint
+
+
+def cpu_name() -> str:
+    """The CPU's model name, for the record."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def ship(folder: Path, name: str, data: str, command: str, into: Path = SHIPPED) -> dict:
+    """Copy the finished training in `folder` into `into` as NAME.pt with its card NAME.json;
+    returns the card."""
+    path = folder / "checkpoint.pt"
+    load_model(path)  # every check a user's load makes
+    state = read_model_checkpoint(path, torch.device("cpu"))
+    summary = json.loads((folder / "summary.json").read_text())
+    if not summary.get("completed"):
+        raise UserError(f"{folder}: the training did not finish (summary.json: completed is false)")
+    trainer = state["trainer"]
+    kept = {**state, "trainer": {key: value for key, value in trainer.items() if key != "optimizer"}}
+    buffer = io.BytesIO()
+    torch.save(kept, buffer)
+    weights = buffer.getvalue()
+    into.mkdir(parents=True, exist_ok=True)
+    write_atomic(into / f"{name}.pt", weights)
+    history = state["recorder"]["history"]
+    card = {
+        "name": name,
+        "file": f"{name}.pt",
+        "sha256": hashlib.sha256(weights).hexdigest(),
+        "triangles": summary["triangles"],
+        "encoder": summary["encoder"],
+        "parameters": summary["parameters"],
+        "data": data,
+        "train_pictures": len(state["split"]["train"]),
+        "val_pictures": len(state["split"]["val"]),
+        "command": command,
+        "seed": state["config"]["seed"],
+        "epochs": summary["epochs"],
+        "steps": summary["steps"],
+        "wall_time_s": summary["wall_time_s"],
+        "threads": summary["threads"],
+        "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs",
+        "date": datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).strftime("%Y-%m-%d"),
+        "commit": _commit(),
+        "validation": {"metrics_on": summary["metrics_on"], **history[-1]},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "triangulate_ai": __version__},
+    }
+    write_json(into / f"{name}.json", card)
+    return card
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m triangulate_ai.model.ship", description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="a finished training folder (triangulate-train-model --out)")
+    parser.add_argument("--name", required=True, help="the name it loads by (e.g. default)")
+    parser.add_argument("--data", required=True, help="what it was trained and validated on, for the card")
+    parser.add_argument("--command", required=True, help="the command that trained it, for the card")
+    args: argparse.Namespace = parser.parse_args(argv)
+
+    def run() -> int:
+        card = ship(args.folder, args.name, args.data, args.command)
+        print(json.dumps(card, indent=2))
+        return 0
+
+    return one_line_errors(run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
