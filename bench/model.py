@@ -1,33 +1,34 @@
-"""The amortized model against the flat mean colour and against per-image fits.
+"""The shipped model on the Kodak test images: its one-pass prediction, and fits started from it.
 
-On crops of the model's held-out (validation) images, drawn with another seed than its
-validation crops:
-  one_pass    the model's one-pass prediction, PSNR/SSIM of the hard-edged export, against the
-              flat mean colour of each crop (target: >= 3 dB better);
-  refinement  per-image fits at the model's N, from scratch (the fit config's initialiser) and
-              from the model's prediction (triangles.init: model), same config otherwise; the
-              hard-edged PSNR is measured every --every steps. The target (<= 1/3 of --steps) is
-              read on the mean curves: the first step at which the refinements' mean PSNR reaches
-              the from-scratch fits' final mean; per crop, the steps each refinement takes to reach
-              its own crop's from-scratch final PSNR are given too. The gap of the one-pass
-              prediction to the from-scratch fit's final PSNR is the goal's figure (within 2 dB of
-              a 1000-step fit);
-  inference   the model's forward pass on one 128x128 image (and with the soft render, and with
-              the hard-edged export), median of --repeats (goal: <= 20 ms).
+On the 8 Kodak images at 256 px (whole images, read from ../shared/data/kodak and downscaled in
+memory; no model trains, validates or is selected on them), every figure scored on the
+hard-edged drawing of the exported SVG (resvg), as everywhere else:
 
-    python bench/model.py --model runs/model_l1 --threads 1 --figure docs/model/refinement.png
+  one_pass   PSNR/SSIM of the model's one-pass prediction, and milliseconds per image: the
+             network alone, with the soft render, and with the SVG drawing (median of --repeats,
+             one image at a time);
+  fits       fits with configs/quality.yaml at the model's N, started from the model
+             (triangles.init: model) and as quality.yaml starts them (progressive), each with
+             --budgets seconds of optimisation loop: the PSNR at the end of each budget, and in
+             the longest one snapshots every --every seconds, for the loop time at which the
+             mean over the images reaches primitive's PSNR for N triangles
+             (bench/results/primitive.json) and --level (today's 15-s PSNR).
 
-Run it from the folder the model was trained in (its image paths are relative to it). Prints
-JSON (progress on stderr).
+    python bench/model.py --model default --json bench/results/model.json
+
+Prints a Markdown table (progress on stderr) and writes JSON with every figure, the date, the
+machine, the threads and the commit.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,208 +39,174 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from triangulate_ai.config import load_config  # noqa: E402
+from triangulate_ai.api import Run  # noqa: E402
+from triangulate_ai.config import RenderConfig, load_config  # noqa: E402
 from triangulate_ai.export import rasterize_svg, scene_to_dict, svg_from_dict  # noqa: E402
-from triangulate_ai.loop import Fitter  # noqa: E402
-from triangulate_ai.metrics import image_quality  # noqa: E402
-from triangulate_ai.model.data import load_sources, validation_crops  # noqa: E402
+from triangulate_ai.io import load_image  # noqa: E402
+from triangulate_ai.metrics import flat_mean_psnr, image_quality  # noqa: E402
 from triangulate_ai.model.predict import load_model  # noqa: E402
-from triangulate_ai.model.record import read_model_checkpoint  # noqa: E402
+from triangulate_ai.model.ship import cpu_name  # noqa: E402
 from triangulate_ai.raster import Scene, make_renderer  # noqa: E402
 
-QUIET = ["log.progress_bar=false", "eval.lpips=null"]
+IMAGES = ROOT.parent / "shared" / "data" / "kodak"
+PRIMITIVE = ROOT / "bench" / "results" / "primitive.json"
+CONFIG = ROOT / "configs" / "quality.yaml"
 
 
-def drawing(scene: Scene, index: int, height: int, width: int) -> np.ndarray:
-    return rasterize_svg(svg_from_dict(scene_to_dict(scene, height, width, index=index)))
+def drawing(scene: Scene, height: int, width: int) -> np.ndarray:
+    return rasterize_svg(svg_from_dict(scene_to_dict(scene, height, width)))
 
 
-def held_out_crops(checkpoint: Path, per_image: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """Crops of the checkpoint's validation images (its data settings, another seed)."""
-    state = read_model_checkpoint(checkpoint, torch.device("cpu"))
-    _, cfg = load_model(checkpoint)
-    val = set(state["split"]["val"])
-    data = cfg.data.model_copy(update={"images": sorted(val), "val_crops": per_image})
-    sources = [s for s in load_sources(data) if str(s.path) in val]
-    return validation_crops(sources, data, seed), [str(s.path) for s in sources]
+def median_ms(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
 
 
-def fit_curve(fit_cfg, crops: torch.Tensor, every: int) -> tuple[list[int], np.ndarray]:
-    """Fit every crop (one batch), PSNR of each crop's hard-edged export at steps 0, every, ..."""
-    fitter = Fitter(fit_cfg, crops, crops.mean(dim=(2, 3)))
-    height, width = crops.shape[-2:]
-    targets = [c.permute(1, 2, 0).numpy() for c in crops]
-    steps, rows = [], []
-    while True:
-        scene = fitter.triangles.scene()
-        rows.append([image_quality(drawing(scene, b, height, width), targets[b])["psnr"] for b in range(len(crops))])
-        steps.append(fitter.step)
-        if fitter.step >= fit_cfg.optim.iterations:
-            return steps, np.asarray(rows)
-        for _ in range(min(every, fit_cfg.optim.iterations - fitter.step)):
-            fitter.train_step()
+def one_pass(model, paths: list[Path], repeats: int) -> list[dict]:
+    """The prediction of each image, scored, and timed three ways."""
+    renderer = make_renderer(RenderConfig(), "cpu")
+    rows = []
+    for path in paths:
+        image = load_image(path, 256)
+        target = torch.from_numpy(image.colour).permute(2, 0, 1)[None]
+        height, width = target.shape[-2:]
+        with torch.no_grad():
+            scene = model(target)
+            quality = image_quality(drawing(scene, height, width), image.colour)
+
+            def forward():
+                return model(target)
+
+            def with_render():
+                return renderer(model(target), height, width)
+
+            def with_drawing():
+                return drawing(model(target), height, width)
+
+            rows.append({"image": path.stem, "size": [width, height], "psnr": quality["psnr"],
+                         "ssim": quality["ssim"], "psnr_flat_mean": flat_mean_psnr(target),
+                         "ms_model": median_ms(forward, repeats), "ms_model_render": median_ms(with_render, repeats),
+                         "ms_model_svg": median_ms(with_drawing, repeats)})
+        print(f"  one pass {path.stem}: {quality['psnr']:.2f} dB, {rows[-1]['ms_model_svg']:.1f} ms with the drawing",
+              file=sys.stderr, flush=True)
+    return rows
 
 
-def inference_ms(model, image: torch.Tensor, repeats: int) -> dict[str, float]:
-    """Median ms of the forward pass, + soft render, + hard-edged export, on one image."""
-    renderer = make_renderer(load_config(None, QUIET).render)
-    height, width = image.shape[-2:]
+class Snapshots:
+    """Copies of the triangles every `every` seconds of optimisation loop (copying is cheap;
+    the drawing and scoring happen after the fit, outside its clock)."""
 
-    def forward():
-        return model(image)
+    def __init__(self, every: float) -> None:
+        self.every, self.next, self.taken = every, 0.0, []
 
-    def soft():
-        return renderer(model(image), height, width)
+    def on_step(self, fitter, result) -> None:
+        if fitter.elapsed >= self.next:
+            scene = Scene(*(t.detach().clone() for t in fitter.triangles.scene()))
+            self.taken.append((fitter.elapsed, scene))
+            self.next += self.every
 
-    def hard():
-        return drawing(model(image), 0, height, width)
 
-    out = {}
-    with torch.no_grad():
-        for name, fn in (("forward", forward), ("forward_soft_render", soft), ("forward_hard_export", hard)):
-            for _ in range(5):
-                fn()
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - start) * 1000)
-            out[f"{name}_ms"] = round(statistics.median(times), 3)
+def fit(path: Path, model: str, count: int, budget: float, start: str, every: float | None) -> dict:
+    values = {"image.path": str(path), "triangles.count": count, "optim.time_limit": budget,
+              "optim.iterations": None, "eval.lpips": None, "log.progress_bar": False}
+    if start == "model":
+        values.update({"triangles.init": "model", "triangles.model": model})
+    cfg = load_config(CONFIG, values=values, values_source="bench")
+    run = Run(cfg)
+    snapshots = Snapshots(every) if every else None
+    result = run.execute([snapshots] if snapshots else [])
+    out = {"psnr": result.metrics["psnr"], "ssim": result.metrics["ssim"], "steps": result.metrics["iterations"],
+           "loop_s": result.metrics["wall_time_s"]}
+    if snapshots:
+        target, (height, width) = result.target, (result.height, result.width)
+        out["curve"] = [[round(t, 3), image_quality(drawing(scene, height, width), target)["psnr"]]
+                        for t, scene in snapshots.taken]
     return out
 
 
-def machine() -> str:
-    """The CPU's model name and core count, for the record."""
-    try:
-        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return f"{name}, {os.cpu_count()} logical CPUs"
+def reach(curves: list[list[list[float]]], level: float, every: float) -> float | None:
+    """The first snapshot time at which the mean of the images' PSNR reaches `level`."""
+    length = min(len(c) for c in curves)
+    means = np.mean([[p for _, p in c[:length]] for c in curves], axis=0)
+    hits = np.nonzero(means >= level)[0]
+    return round(float(hits[0] * every), 3) if len(hits) else None
 
 
-def first_reach(steps: list[int], curve: np.ndarray, level: float) -> int | None:
-    """The first measured step at which `curve` reaches `level`, or None."""
-    hits = np.nonzero(curve >= level)[0]
-    return int(steps[hits[0]]) if len(hits) else None
-
-
-def plot(path: Path, steps: list[int], scratch: np.ndarray, refined: np.ndarray, one_pass: float,
-         flat: float, note: str) -> None:
-    """Mean hard-edged PSNR over the held-out crops against fit steps, both starts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    ax.plot(steps, scratch.mean(axis=1), label="fit from scratch")
-    ax.plot(steps, refined.mean(axis=1), label="fit from the model's prediction")
-    ax.axhline(one_pass, color="tab:green", linestyle=":", label="one-pass prediction")
-    ax.axhline(flat, color="grey", linestyle="--", label="flat mean colour")
-    ax.axvline(steps[-1] / 3, color="black", linewidth=0.6, label="1/3 of the steps")
-    ax.set_xlabel("fit step")
-    ax.set_ylabel("mean PSNR (dB), hard-edged")
-    ax.set_title(note, fontsize=8)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="a training folder or its checkpoint.pt")
-    parser.add_argument("--fit-config", type=Path, help="config of the per-image fits (default: configs/base.yaml's "
-                        "defaults, L1, with the model's triangle count)")
-    parser.add_argument("--crops", type=int, default=16, help="crops per held-out image")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the held-out crops")
-    parser.add_argument("--steps", type=int, default=1000, help="steps of each per-image fit")
-    parser.add_argument("--every", type=int, default=10, help="steps between PSNR measurements during the fits")
-    parser.add_argument("--size", type=int, default=128, help="side of the image the inference time is taken on")
-    parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a value of the fit config (both starts), e.g. triangles.init=structure")
-    parser.add_argument("--figure", type=Path, help="also save the mean PSNR curves as this PNG")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    checkpoint = args.model / "checkpoint.pt" if args.model.is_dir() else args.model
-    model, cfg = load_model(checkpoint)
-    crops, images = held_out_crops(checkpoint, args.crops, args.seed)
-    height, width = crops.shape[-2:]
-    print(f"{len(crops)} held-out crops of {images}", file=sys.stderr)
+    parser.add_argument("--model", default="default", help="a shipped model's name or a model checkpoint")
+    parser.add_argument("--images", type=Path, default=IMAGES)
+    parser.add_argument("--budgets", type=float, nargs="+", default=[2.0, 5.0, 15.0], help="loop seconds per fit")
+    parser.add_argument("--every", type=float, default=0.25, help="snapshot interval in the longest budget (s)")
+    parser.add_argument("--level", type=float, default=24.6, help="the PSNR to reach besides primitive's")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-fits", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    paths = sorted(args.images.glob("*.png"))
+    model, cfg = load_model(args.model)
+    count = model.count
+    primitive = json.loads(PRIMITIVE.read_text())["mean"][str(count)]["psnr"]
+    out = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs", "threads": args.threads,
+           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    cwd=ROOT).stdout.strip(),
+           "model": args.model, "triangles": count, "images": [p.stem for p in paths], "size": "256 px long side",
+           "primitive_psnr": primitive, "level": args.level}
+    rows = one_pass(model, paths, args.repeats)
+    out["one_pass"] = {"images": rows, **{key: float(np.mean([r[key] for r in rows])) for key in
+                                          ("psnr", "ssim", "psnr_flat_mean", "ms_model", "ms_model_render",
+                                           "ms_model_svg")}}
+    if not args.skip_fits:
+        longest = max(args.budgets)
+        fits: dict[str, dict] = {}
+        for start in ("model", "quality"):
+            fits[start] = {}
+            for budget in args.budgets:
+                per_image = {}
+                for path in paths:
+                    per_image[path.stem] = fit(path, args.model, count, budget, start,
+                                               args.every if budget == longest else None)
+                    print(f"  {start} {budget:g} s {path.stem}: {per_image[path.stem]['psnr']:.2f} dB",
+                          file=sys.stderr, flush=True)
+                fits[start][f"{budget:g}"] = {"mean_psnr": float(np.mean([r["psnr"] for r in per_image.values()])),
+                                              "mean_ssim": float(np.mean([r["ssim"] for r in per_image.values()])),
+                                              "images": per_image}
+            curves = [r["curve"] for r in fits[start][f"{longest:g}"]["images"].values()]
+            fits[start]["seconds_to_primitive"] = reach(curves, primitive, args.every)
+            fits[start]["seconds_to_level"] = reach(curves, args.level, args.every)
+        out["fits"] = fits
+    print(table(out))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
 
-    with torch.no_grad():
-        scenes = model(crops)
-    targets = [c.permute(1, 2, 0).numpy() for c in crops]
-    one_pass = [image_quality(drawing(scenes, b, height, width), targets[b]) for b in range(len(crops))]
-    flat = [image_quality(np.broadcast_to(t.mean(axis=(0, 1)), t.shape), t) for t in targets]
-    gain = [o["psnr"] - f["psnr"] for o, f in zip(one_pass, flat)]
 
-    sets = [f"triangles.count={cfg.triangles.count}", f"optim.iterations={args.steps}", *QUIET, *args.overrides]
-    scratch_cfg = load_config(args.fit_config, sets)
-    refine_cfg = load_config(args.fit_config, [*sets, "triangles.init=model", f"triangles.model={checkpoint}"])
-    started = time.perf_counter()
-    steps, scratch = fit_curve(scratch_cfg, crops, args.every)
-    print(f"from-scratch fits: {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    started = time.perf_counter()
-    _, refined = fit_curve(refine_cfg, crops, args.every)
-    print(f"refinements: {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    final = scratch[-1]
-    mean_reach = first_reach(steps, refined.mean(axis=1), float(final.mean()))
-    reached = [first_reach(steps, refined[:, b], float(final[b])) for b in range(len(crops))]
-    counted = [r if r is not None else args.steps for r in reached]
-
-    whole = crops[:1]
-    big = torch.nn.functional.interpolate(whole, size=(args.size, args.size), mode="bilinear", antialias=True)
-    result = {
-        "model": str(checkpoint),
-        "triangles": cfg.triangles.count,
-        "held_out_images": images,
-        "crops": len(crops),
-        "crop_size": height,
-        "one_pass": {
-            "psnr": float(np.mean([o["psnr"] for o in one_pass])),
-            "ssim": float(np.mean([o["ssim"] for o in one_pass])),
-            "flat_mean_psnr": float(np.mean([f["psnr"] for f in flat])),
-            "gain_db": float(np.mean(gain)),
-            "gain_db_median": float(np.median(gain)),
-            "share_below_flat": float(np.mean([g < 0 for g in gain])),
-        },
-        "refinement": {
-            "fit_steps": args.steps,
-            "fit_config": str(args.fit_config or "configs/base.yaml defaults"),
-            "scratch_init": scratch_cfg.triangles.init,
-            "every": args.every,
-            "scratch_psnr_start": float(scratch[0].mean()),
-            "scratch_psnr_final": float(final.mean()),
-            "refined_psnr_start": float(refined[0].mean()),
-            "refined_psnr_final": float(refined[-1].mean()),
-            "one_pass_gap_to_fit_db": float(final.mean() - np.mean([o["psnr"] for o in one_pass])),
-            "mean_curve_steps_to_scratch_final": mean_reach,
-            "mean_curve_share_of_fit_steps": None if mean_reach is None else mean_reach / args.steps,
-            "per_crop_steps_to_own_scratch_final_median": float(np.median(counted)),
-            "per_crop_share_of_fit_steps_median": float(np.median(counted)) / args.steps,
-            "per_crop_within_a_third": float(np.mean([r is not None and r <= args.steps / 3 for r in reached])),
-            "crops_never_reached": sum(r is None for r in reached),
-            "curve_steps": steps,
-            "scratch_curve_mean": [round(float(v), 3) for v in scratch.mean(axis=1)],
-            "refined_curve_mean": [round(float(v), 3) for v in refined.mean(axis=1)],
-        },
-        "inference": {"image": f"{args.size}x{args.size}", **inference_ms(model, big, args.repeats)},
-        "encoder": f"{cfg.model.encoder.type}, starting weights {cfg.model.encoder.weights}",
-        "threads": torch.get_num_threads(),
-        "machine": machine(),
-        "torch": torch.__version__,
-    }
-    if args.figure:
-        plot(args.figure, steps, scratch, refined, result["one_pass"]["psnr"], result["one_pass"]["flat_mean_psnr"],
-             f"{len(crops)} held-out {height}x{width} crops, {cfg.triangles.count} triangles, "
-             f"{scratch_cfg.triangles.init} init from scratch")
-    print(json.dumps(result, indent=2))
+def table(out: dict) -> str:
+    one = out["one_pass"]
+    lines = [f"one pass ({out['model']}, N = {out['triangles']}): {one['psnr']:.2f} dB PSNR, {one['ssim']:.4f} SSIM "
+             f"(flat mean {one['psnr_flat_mean']:.2f} dB); {one['ms_model']:.1f} ms model, "
+             f"{one['ms_model_render']:.1f} ms with the soft render, {one['ms_model_svg']:.1f} ms with the SVG drawing"]
+    if "fits" in out:
+        budgets = [k for k in out["fits"]["model"] if k[0].isdigit()]
+        lines += ["", "| start | " + " | ".join(f"PSNR at {b} s" for b in budgets)
+                  + f" | s to {out['primitive_psnr']:.2f} dB | s to {out['level']:.2f} dB |",
+                  "|---|" + "---|" * (len(budgets) + 2)]
+        for start, fits in out["fits"].items():
+            cells = [f"{fits[b]['mean_psnr']:.2f}" for b in budgets]
+            reached = [fits["seconds_to_primitive"], fits["seconds_to_level"]]
+            lines.append(f"| {start} | " + " | ".join(cells) + " | "
+                         + " | ".join("not reached" if r is None else f"{r:.2f}" for r in reached) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
