@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from triangulate_ai.cli import main
-from triangulate_ai.config import Config, LossConfig, LpipsTermConfig, VggTermConfig, load_config
+from triangulate_ai.config import Config, LossConfig, LpipsTermConfig, VggTermConfig, load_config, MsSsimTermConfig
 from triangulate_ai.errors import UserError
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -27,7 +27,8 @@ def test_base_yaml_documents_every_default():
                 documented.setdefault(key.strip(), yaml.safe_load(rest.split(" #")[0]))
             except yaml.YAMLError:
                 continue  # a fragment of a multi-line example
-    defaults = {**LossConfig().model_dump(), **VggTermConfig().model_dump(), **LpipsTermConfig().model_dump()}
+    defaults = {**LossConfig().model_dump(), **VggTermConfig().model_dump(), **LpipsTermConfig().model_dump(),
+                **MsSsimTermConfig().model_dump()}
     for key, value in defaults.items():
         if key not in ("type", "terms", "l1") and key not in Config().dump()["loss"]:
             assert documented.get(key, "missing") == value, key

@@ -158,8 +158,24 @@ def test_init_from_model_starts_a_fit_from_the_prediction(trained, data, tmp_pat
         predicted = model(run.fitter.target)
     assert torch.allclose(run.fitter.triangles.positions, predicted.vertices)
     assert torch.allclose(run.fitter.triangles.colors, predicted.colors, atol=1e-5)
-    with pytest.raises(UserError, match="predicts 8 triangles but triangles.count is 9"):
-        tai.Run(tai.load_config(out / "config.yaml", values={"triangles.count": 9}))
+    with pytest.raises(UserError, match="predicts 8 triangles but triangles.count is 7"):
+        tai.Run(tai.load_config(out / "config.yaml", values={"triangles.count": 7}))
+
+
+def test_a_fit_of_more_triangles_than_the_model_places_the_rest_where_the_error_is(trained, data):
+    result = tai.fit(data / "img2.png", init="model", model=str(trained), triangles=14, iterations=30,
+                     overrides={"eval.lpips": None, "triangles.progressive.every": 5, "triangles.progressive.until": 0.5})
+    cfg = tai.load_config(None, values={"image.path": str(data / "img2.png"), "triangles.count": 14,
+                                        "triangles.init": "model", "triangles.model": str(trained),
+                                        "eval.lpips": None})
+    start = tai.Run(cfg).fitter
+    assert int(start.densifier.parked.sum()) == 6 and start.densifier.progressive is not None  # 8 from the model
+    model, _ = load_model(trained)
+    with torch.no_grad():
+        predicted = model(start.target)
+    assert torch.allclose(start.triangles.positions[:, :8], predicted.vertices)
+    placed = result.scene.vertices[0]
+    assert not bool((placed == -4.0).flatten(1).all(-1).any())  # every parked triangle was brought in
 
 
 def _bad_checkpoint(kind: str, marker: Path, good: bytes) -> bytes:

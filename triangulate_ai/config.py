@@ -194,9 +194,27 @@ class LpipsTermConfig(LpipsConfig):
     resolution: Optional[int] = Field(None, ge=16)  # longer side the network sees (None: the image's)
 
 
+class SsimTermConfig(TermConfig):
+    window: int = Field(11, ge=3)  # side of the Gaussian window (odd)
+    sigma: float = Field(1.5, gt=0)
+
+    @field_validator("window")
+    @classmethod
+    def _odd(cls, window: int) -> int:
+        if window % 2 == 0:
+            raise ValueError("window must be odd (a window centred on its pixel)")
+        return window
+
+
+class MsSsimTermConfig(SsimTermConfig):
+    scales: int = Field(5, ge=1, le=5)  # at most; fewer when the image has no room for them
+
+
 class LossTerms(Section):
     l1: Optional[TermConfig] = TermConfig()
     l2: Optional[TermConfig] = None
+    ssim: Optional[SsimTermConfig] = None
+    ms_ssim: Optional[MsSsimTermConfig] = None
     vgg: Optional[VggTermConfig] = None
     lpips: Optional[LpipsTermConfig] = None
 

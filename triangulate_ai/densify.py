@@ -31,11 +31,15 @@ PER_TRIANGLE = ("positions", "color_logits", "opacity_logits")  # parameters wit
 class Densifier:
     def __init__(self, cfg: Config, triangles: TriangleSet, seeds: list[int]) -> None:
         self.respawn = cfg.respawn
-        self.progressive = cfg.triangles.progressive if cfg.triangles.init == "progressive" else None
         self.opacity = cfg.triangles.opacity
         # one stream per scene, apart from the initialisation's, so scene b draws what it would alone
         self.generators = [torch.Generator().manual_seed(seed + 7919) for seed in seeds]
         self.parked = (triangles.positions.detach() == PARKED).flatten(2).all(-1).cpu()  # (B, T)
+        # progressive placement: of the progressive init's parked triangles, or of those a model's start
+        # leaves over (triangles.count past the model's), from the count placed at the start
+        placing = cfg.triangles.init == "progressive" or bool(self.parked.any())
+        self.progressive = cfg.triangles.progressive if placing else None
+        self.placed_at_start = int((~self.parked).sum(dim=1).min()) if self.parked.numel() else 0
 
     @property
     def active(self) -> bool:
@@ -51,7 +55,7 @@ class Densifier:
     def wanted_active(self, progress: float) -> int:
         """Triangles in play at this share of the budget (progressive): linear from the start."""
         count = self.parked.shape[1]
-        first = max(1, round(self.progressive.start * count))
+        first = max(1, self.placed_at_start)
         share = min(progress / self.progressive.until, 1.0)
         return min(count, first + math.ceil((count - first) * share))
 

@@ -6,10 +6,13 @@ from typing import Any, Callable
 
 from ..config import LossConfig
 from .perceptual import LPIPSTerm, VGGPerceptual
+from .structural import MSSSIM, SSIM
 from .terms import L1, L2, LossTerm
 
-TERMS: dict[str, Callable[[Any], LossTerm]] = {"l1": lambda cfg: L1(), "l2": lambda cfg: L2(), "vgg": VGGPerceptual,
-                                               "lpips": LPIPSTerm}
+TERMS: dict[str, Callable[[Any], LossTerm]] = {
+    "l1": lambda cfg: L1(), "l2": lambda cfg: L2(),
+    "ssim": lambda cfg: SSIM(cfg.window, cfg.sigma), "ms_ssim": lambda cfg: MSSSIM(cfg.window, cfg.sigma, cfg.scales),
+    "vgg": VGGPerceptual, "lpips": LPIPSTerm}
 
 
 def build_terms(cfg: LossConfig) -> dict[str, LossTerm]:

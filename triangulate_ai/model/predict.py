@@ -14,6 +14,7 @@ import torch
 from ..checkpoints import Mismatch, conform, refusal
 from ..config import TrianglesConfig, config_from_mapping
 from ..errors import UserError
+from ..init import parked_vertices
 from ..memory import require
 from ..triangles import TriangleSet
 from .config import ModelRunConfig
@@ -73,15 +74,21 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Tr
 
 
 def predicted_triangles(cfg: TrianglesConfig, target: torch.Tensor, background: torch.Tensor) -> TriangleSet:
-    """The starting TriangleSet of a fit of `target` (B, 3, H, W): the model's prediction. The
-    background is the model's when the fit learns it, else the fit's configured one."""
-    model, model_cfg = load_model(cfg.model, target.device)
-    if model.count != cfg.count:
+    """The starting TriangleSet of a fit of `target` (B, 3, H, W): the model's N triangles, and
+    when triangles.count asks for more, the rest parked off the canvas for the progressive
+    placement to bring in where the error is largest (Densifier). The background is the model's
+    when the fit learns it, else the fit's configured one."""
+    model, _ = load_model(cfg.model, target.device)
+    if cfg.count < model.count:
         raise UserError(f"triangles.model = {cfg.model}: the model predicts {model.count} triangles but "
-                        f"triangles.count is {cfg.count}; set triangles.count={model.count}")
+                        f"triangles.count is {cfg.count}; set triangles.count={model.count} or more (the ones past "
+                        f"the model's are placed where the error is largest)")
     with torch.no_grad():
         scene = model(target.float())
     dtype = target.dtype
+    extra = cfg.count - model.count
+    vertices = torch.cat([scene.vertices.to(dtype), parked_vertices(target.shape[0], extra).to(target)], dim=1)
+    colors = torch.cat([scene.colors.to(dtype), target.new_full((target.shape[0], extra, 3), 0.5)], dim=1)
+    opacity = torch.cat([scene.opacity.to(dtype), target.new_full((target.shape[0], extra), cfg.opacity)], dim=1)
     start = scene.background.to(dtype) if cfg.learn_background else background
-    return TriangleSet(scene.vertices.to(dtype), scene.colors.to(dtype), scene.opacity.to(dtype), start,
-                       cfg.learn_background)
+    return TriangleSet(vertices, colors, opacity, start, cfg.learn_background)
