@@ -135,7 +135,8 @@ def _predict_batch(items: list[_Item], network, cfg: Config, name: str, device: 
         metrics = {
             "image": str(item.source) if isinstance(item.source, Path) else None,
             "width": width, "height": height, "triangles": network.count,
-            "psnr": quality["psnr"], "ssim": quality["ssim"], "psnr_flat_mean": flat_mean_psnr(target),
+            "psnr": quality["psnr"], "ssim": quality["ssim"], "colour_shift": quality["colour_shift"],
+            "psnr_flat_mean": flat_mean_psnr(target),
             "metrics_on": "triangles.svg rasterised by resvg (hard edges, anti-aliased)",
             "model": name, "mode": "instant (one-pass prediction, no fitting)",
             "seconds_forward": round(forward, 6), "seconds_drawing": round(drawn, 6),

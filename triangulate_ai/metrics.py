@@ -7,7 +7,9 @@ import math
 
 import numpy as np
 import torch
+from skimage.color import deltaE_ciede2000, rgb2lab
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from skimage.transform import downscale_local_mean
 
 from .config import LpipsConfig
 from .errors import UserError
@@ -27,8 +29,22 @@ def flat_mean_psnr(target: torch.Tensor) -> float:
     return psnr_torch(target.mean(dim=(2, 3), keepdim=True).expand_as(target), target)
 
 
+COLOUR_BLOCK = 8  # colour shift is measured on 8x-downsampled images: colour, not structure
+
+
+def colour_shift(pred: np.ndarray, target: np.ndarray, block: int = COLOUR_BLOCK) -> float:
+    """Mean CIEDE2000 colour difference between the `block`x block-averaged images (scikit-image's
+    rgb2lab and deltaE_ciede2000; about 1 is a just-noticeable difference): how far the colours
+    drifted, whatever the structure does. A structure-only loss can keep PSNR near its usual
+    value and still shift every colour; this number shows it."""
+    factors = (min(block, pred.shape[0]), min(block, pred.shape[1]), 1)
+    small = [downscale_local_mean(np.clip(image, 0, 1).astype(np.float64), factors) for image in (pred, target)]
+    return float(deltaE_ciede2000(rgb2lab(small[1]), rgb2lab(small[0])).mean())
+
+
 def image_quality(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """PSNR and SSIM of (H, W, 3) float images in [0, 1], as scikit-image computes them."""
+    """PSNR and SSIM of (H, W, 3) float images in [0, 1], as scikit-image computes them, and the
+    colour shift (colour_shift)."""
     pred = np.clip(pred, 0, 1).astype(np.float64)
     target = np.clip(target, 0, 1).astype(np.float64)
     with np.errstate(divide="ignore"):  # an exact copy: PSNR is infinite, not a warning
@@ -36,6 +52,7 @@ def image_quality(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     return {
         "psnr": psnr,
         "ssim": float(structural_similarity(target, pred, data_range=1.0, channel_axis=-1)),
+        "colour_shift": colour_shift(pred, target),
     }
 
 

@@ -55,6 +55,12 @@ class TensorBoardSink:
         self.writer.close()
 
 
+# every warning sign the monitor raises, with the short label reports give it
+WARNING_KINDS = {"flat_collapse": "collapse", "term_dominating": "dominance", "weights_oscillating": "oscillation",
+                 "weight_extreme": "extreme weight", "log_loss_to_minus_infinity": "loss to 0", "total_jump": "jump",
+                 "regularizer_dominating": "regulariser"}
+
+
 @dataclass
 class WarningMonitor:
     """Checks each record for warning signs; each kind (per term) is reported once.
@@ -76,6 +82,8 @@ class WarningMonitor:
         self._seen = {(w["kind"], w.get("term")) for w in self.warnings}
 
     def _warn(self, kind: str, step: int, message: str, **values) -> None:
+        if kind not in WARNING_KINDS:
+            raise ValueError(f"unknown warning kind {kind!r}: add it to WARNING_KINDS, where reports find it")
         key = (kind, values.get("term"))
         if key in self._seen:
             return

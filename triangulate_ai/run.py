@@ -93,7 +93,7 @@ def check_recorder_state(state: dict, path: Path, height: int, width: int) -> No
 
     initial = checkpoints.record(
         {"psnr_initial": number(allow_inf=True), "ssim_initial": number(), "psnr_flat_mean": number(allow_inf=True)},
-        optional={"lpips_initial": number()})
+        optional={"lpips_initial": number(), "colour_shift_initial": number()})
     spec = {"frames": frames, "elapsed": number(minimum=0), "initial": initial,
             "warnings": checkpoints.list_of(checkpoints.WARNING)}
     try:
@@ -319,11 +319,13 @@ class RunRecorder:
             "triangles": fitter.triangles.count,
             "psnr": quality["psnr"],
             "ssim": quality["ssim"],
+            "colour_shift": quality["colour_shift"],  # mean CIEDE2000 of the 8x-downsampled images
             "lpips": quality.get("lpips"),
             "lpips_meaningful": self.evaluator.lpips_meaningful,
             "metrics_on": "triangles.svg rasterised by resvg (hard edges, anti-aliased)",
             "psnr_soft": soft_quality["psnr"],
             "ssim_soft": soft_quality["ssim"],
+            "colour_shift_soft": soft_quality["colour_shift"],
             "lpips_soft": soft_quality.get("lpips"),
             "perceptual_weights": weights_summary(networks),
             "network_weights": networks,

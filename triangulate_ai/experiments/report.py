@@ -14,14 +14,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
-from scipy import stats  # noqa: E402
-
+from ..monitor import WARNING_KINDS  # noqa: E402
 from ..run import metric_series  # noqa: E402
+from .statistics import COMPARED, Comparison, compare, per_image  # noqa: E402
 
-COLUMNS = ["method", "image", "seed", "status", "psnr", "ssim", "lpips", "lpips_meaningful", "random_networks",
+COLUMNS = ["method", "image", "seed", "status", "psnr", "ssim", "colour_shift", "lpips", "lpips_meaningful",
+           "random_networks",
            "wall_time_s", "iterations", "warnings", "collapse", "error", "folder"]
 RANDOM_LPIPS = "random network: not meaningful"
-METRICS = [("psnr", "PSNR (dB)", max), ("ssim", "SSIM", max), ("lpips", "LPIPS", min)]
+RANDOM_FITS = "fits driven by random-network losses"
+METRICS = [("psnr", "PSNR (dB)", max), ("ssim", "SSIM", max), ("colour_shift", "colour shift (ΔE00)", min),
+           ("lpips", "LPIPS", min)]
 
 
 def collect(runs: list[dict]) -> list[dict]:
@@ -38,6 +41,7 @@ def collect(runs: list[dict]) -> list[dict]:
             s = json.loads(summary_path.read_text())
             kinds = [w["kind"] for w in s.get("warnings", [])]
             row.update(status="ok" if s.get("completed") else "incomplete", psnr=_psnr(s["psnr"]), ssim=s["ssim"],
+                       colour_shift=s.get("colour_shift"),
                        lpips=s.get("lpips"), lpips_meaningful=s.get("lpips_meaningful"),
                        random_networks=";".join(k for k, v in s.get("network_weights", {}).items() if v == "random"),
                        wall_time_s=s["wall_time_s"], iterations=s["iterations"], warnings=";".join(kinds),
@@ -105,25 +109,6 @@ def aggregate(rows: list[dict]) -> dict[str, dict]:
     return table
 
 
-def paired(rows: list[dict], baseline: str) -> dict[str, dict]:
-    """PSNR difference of each method against the baseline on the same image, seed and grid
-    values: mean, std, wins, and a paired t-test p-value (scipy)."""
-    index = {(r["family"], r["grid"], r["image"], r["seed"]): r for r in rows if r["status"] == "ok"}
-    out = {}
-    for method in dict.fromkeys(r["method"] for r in rows):
-        diffs = []
-        for (family, grid, image, seed), row in index.items():
-            if row["method"] != method or family == baseline:
-                continue
-            base = index.get((baseline, grid, image, seed))
-            if base is not None:
-                diffs.append(row["psnr"] - base["psnr"])
-        if diffs:
-            p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if len(diffs) > 1 and np.std(diffs) > 0 else float("nan")
-            out[method] = {"n": len(diffs), "diff": _mean_std(diffs), "wins": sum(d > 0 for d in diffs), "p": p}
-    return out
-
-
 def markdown(rows: list[dict], baseline: str) -> str:
     table = aggregate(rows)
     random_lpips = bool(random_networks(rows)["metric"])
@@ -132,27 +117,22 @@ def markdown(rows: list[dict], baseline: str) -> str:
         candidates = {m: e[key][0] for m, e in table.items() if e[key] is not None}
         if candidates and not (key == "lpips" and random_lpips):
             best[key] = pick(candidates, key=candidates.get)
-    comparison = paired(rows, baseline)
     lpips_header = f"LPIPS ({RANDOM_LPIPS})" if random_lpips else "LPIPS"
-    lines = [f"Mean ± std over seeds and images; best in bold. Paired: PSNR difference against `{baseline}` "
-             "on the same image and seed (mean ± std, wins, paired t-test p).", ""]
+    lines = ["Mean ± std over every run (seeds and images); best in bold. Colour shift: mean CIEDE2000 of the "
+             "8x-downsampled drawing against the target's (lower is better; about 1 is just noticeable).", ""]
     if random_lpips:
         lines += ["**LPIPS here comes from a randomly initialised backbone: not meaningful, and not ranked.**", ""]
     if (note := random_terms_note(rows)) is not None:
         lines += [f"**Note: {note}.**", ""]
-    lines += [f"| method | runs ok | PSNR (dB) | SSIM | {lpips_header} | time (s) | collapsed | Δ PSNR vs baseline | "
-              "wins | p |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| method | runs ok | PSNR (dB) | SSIM | colour shift | {lpips_header} | time (s) | collapsed |",
+              "|---|---|---|---|---|---|---|---|"]
     for method, entry in table.items():
         cells = []
         for key, _, _ in METRICS + [("wall_time_s", "", None)]:
-            text = _cell(entry[key], 2 if key in ("psnr", "wall_time_s") else 4)
+            text = _cell(entry[key], 2 if key in ("psnr", "wall_time_s", "colour_shift") else 4)
             cells.append(f"**{text}**" if best.get(key) == method else text)
-        c = comparison.get(method)
-        diff = "–" if c is None else _cell(c["diff"], 2, signed=True)
-        wins = "–" if c is None else f"{c['wins']}/{c['n']}"
-        p = "–" if c is None or math.isnan(c["p"]) else f"{c['p']:.3f}"
-        lines.append(f"| {method} | {entry['ok']}/{entry['runs']} | " + " | ".join(cells)
-                     + f" | {entry['collapsed']} | {diff} | {wins} | {p} |")
+        lines.append(f"| {method} | {entry['ok']}/{entry['runs']} | " + " | ".join(cells) + f" | {entry['collapsed']} |")
+    lines += ["", paired_markdown(rows, baseline), per_image_markdown(rows)]
     failed = [r for r in rows if r["status"] not in ("ok",)]
     if failed:
         lines += ["", "Runs without a result:", ""]
@@ -161,11 +141,92 @@ def markdown(rows: list[dict], baseline: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def comparisons(rows: list[dict], baseline: str) -> dict[str, list[Comparison]]:
+    """Per compared metric, every method against the baseline (statistics.compare)."""
+    return {key: compare(rows, baseline, key, higher) for key, _, higher in COMPARED}
+
+
+def _difference(c: Comparison | None, digits: int) -> str:
+    if c is None:
+        return "–"
+    interval = "" if math.isnan(c.low) else f" [{c.low:+.{digits}f}, {c.high:+.{digits}f}]"
+    return f"{c.mean:+.{digits}f}{interval}"
+
+
+def _p(c: Comparison | None) -> str:
+    return "–" if c is None or math.isnan(c.p_holm) else f"{c.p_holm:.3f}"
+
+
+def paired_markdown(rows: list[dict], baseline: str) -> str:
+    """The differences against the baseline with the image as the unit, their 95% CIs and
+    Holm-corrected p-values, one column group per compared metric."""
+    found = comparisons(rows, baseline)
+    methods = list(dict.fromkeys(c.method for cs in found.values() for c in cs))
+    if not methods:
+        return ""
+    head = " | ".join(f"Δ {label} [95% CI] | better | p (Holm)" for _, label, _ in COMPARED)
+    lines = [f"Against `{baseline}`, **the image as the unit**: each image's value is the mean over its seeds, "
+             "the difference is paired over the images both methods have; 95% confidence interval (t), images "
+             "where the method is better, paired t-test p-value Holm-corrected over the methods compared.", "",
+             f"| method | images | {head} |", "|---|---|" + "---|---|---|" * len(COMPARED)]
+    for method in methods:
+        cells = []
+        images = 0
+        for key, _, _ in COMPARED:
+            c = next((c for c in found[key] if c.method == method), None)
+            images = max(images, c.images if c else 0)
+            digits = 4 if key == "ssim" else 2
+            cells += [_difference(c, digits), "–" if c is None else f"{c.wins}/{c.images}", _p(c)]
+        lines.append(f"| {method} | {images} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def per_image_markdown(rows: list[dict]) -> str:
+    """PSNR per method and image (mean over seeds): where a method wins or loses."""
+    images, table = per_image(rows, "psnr")
+    if not images:
+        return ""
+    lines = ["PSNR (dB) per image, mean over seeds:", "", "| method | " + " | ".join(images) + " |",
+             "|---|" + "---|" * len(images)]
+    for method, values in table.items():
+        lines.append(f"| {method} | " + " | ".join(f"{values[i]:.2f}" if i in values else "–" for i in images) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_differences(rows: list[dict], baseline: str, path: Path) -> None:
+    """Forest plot: each method's mean difference against the baseline with its 95% CI, one
+    panel per compared metric (the image as the unit)."""
+    found = comparisons(rows, baseline)
+    methods = list(dict.fromkeys(c.method for cs in found.values() for c in cs))
+    if not methods:
+        return
+    fig, axes = plt.subplots(1, len(COMPARED), figsize=(4.2 * len(COMPARED), 0.45 * len(methods) + 1.6))
+    for ax, (key, label, higher) in zip(axes, COMPARED):
+        for y, method in enumerate(methods):
+            c = next((c for c in found[key] if c.method == method), None)
+            if c is None:
+                continue
+            if not math.isnan(c.low):
+                ax.plot([c.low, c.high], [y, y], color="tab:blue")
+            ax.plot([c.mean], [y], "o", color="tab:red" if c.p_holm < 0.05 else "tab:blue")
+        ax.axvline(0, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_yticks(range(len(methods)), methods if ax is axes[0] else [""] * len(methods))
+        ax.invert_yaxis()
+        ax.set_xlabel(f"Δ {label} vs {baseline} ({'higher' if higher else 'lower'} is better)", fontsize=8)
+    fig.suptitle("mean difference over images with 95% CI; red: Holm-corrected p < 0.05"
+                 + (f"\n{note}" if (note := random_terms_note(rows)) else ""), fontsize=9,
+                 color="tab:red" if random_terms_note(rows) else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_metrics(rows: list[dict], path: Path) -> None:
     table = aggregate(rows)
     methods = list(table)
     random_lpips = bool(random_networks(rows)["metric"])
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.5))
+    driven = random_terms_note(rows)  # every panel's numbers come from fits a random network drove
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.5 if not driven else 4.2))
     for ax, (key, label, _) in zip(axes, METRICS):
         means = [table[m][key][0] if table[m][key] else np.nan for m in methods]
         errors = [(table[m][key][1] or 0) if table[m][key] else 0 for m in methods]
@@ -173,8 +234,12 @@ def plot_metrics(rows: list[dict], path: Path) -> None:
         ax.bar(range(len(methods)), means, yerr=errors, capsize=4, color="tab:grey" if random else "tab:blue")
         ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
         ax.set_ylabel(label)
-        ax.set_title(f"{label}, mean ± std" + (f"\n{RANDOM_LPIPS}" if random else ""),
-                     color="tab:red" if random else "black", fontsize=9 if random else None)
+        marks = [RANDOM_LPIPS] if random else []
+        marks += [RANDOM_FITS] if driven else []
+        ax.set_title("\n".join([f"{label}, mean ± std", *marks]), color="tab:red" if marks else "black",
+                     fontsize=8 if marks else None)
+    if driven:
+        fig.suptitle(driven, color="tab:red", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -226,14 +291,11 @@ def contact_sheet(rows: list[dict], path: Path) -> None:
             if match and (Path(match[0]["folder"]) / "final.png").is_file():
                 ax.imshow(Image.open(Path(match[0]["folder"]) / "final.png"))
                 ax.set_title(f"{method} / {image}\nPSNR {match[0]['psnr']:.2f}", fontsize=8)
+    if (note := random_terms_note(rows)) is not None:
+        fig.suptitle(f"{RANDOM_FITS}: {note}", color="tab:red", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-WARNING_KINDS = [("flat_collapse", "collapse"), ("term_dominating", "dominance"),
-                 ("weights_oscillating", "oscillation"), ("weight_extreme", "extreme weight"),
-                 ("log_loss_to_minus_infinity", "loss to 0"), ("total_jump", "jump")]
 
 
 def _final(series: dict, prefix: str) -> dict[str, float]:
@@ -277,7 +339,7 @@ def balance_markdown(rows: list[dict]) -> str:
         return ""
     has_grad = any(e["grad"] for e in table.values())
     head = [f"{t} share of w·L" for t in terms] + ([f"{t} share of w·‖∇L‖" for t in terms] if has_grad else [])
-    kinds = [label for _, label in WARNING_KINDS]
+    kinds = list(WARNING_KINDS.values())
     lines = ["Balance at the end of the fits (mean over runs): each term's share of the weighted loss"
              + (" and of the effective gradient (weight x gradient norm on the triangles)" if has_grad else "")
              + "; warning signs: runs that raised each (NaN: runs stopped by a non-finite loss).", "",
@@ -287,7 +349,7 @@ def balance_markdown(rows: list[dict]) -> str:
             values = [s[term] for s in e[kind] if term in s]
             return f"{np.mean(values):.2f}" if values else "–"
         cells = [share("loss", t) for t in terms] + ([share("grad", t) for t in terms] if has_grad else [])
-        cells += [str(e["warnings"].get(kind, 0)) for kind, _ in WARNING_KINDS] + [str(e["nan"])]
+        cells += [str(e["warnings"].get(kind, 0)) for kind in WARNING_KINDS] + [str(e["nan"])]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     note = random_terms_note(rows)
     if note:
@@ -337,6 +399,7 @@ def write_report(runs: list[dict], output: Path, baseline: str) -> str:
         text += "\n" + extra
     (output / "results.md").write_text(text)
     plot_metrics(rows, output / "metrics.png")
+    plot_differences(rows, baseline, output / "differences.png")
     plot_curves(rows, output / "loss_curves.png", "loss/", "loss")
     plot_curves(rows, output / "weights.png", "weight/", "weight")
     plot_weight_trajectories(rows, output / "weight_trajectories.png")
