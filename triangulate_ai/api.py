@@ -30,7 +30,7 @@ from .init import resolve_background
 from .io import TargetImage, image_from_array, load_image, remove_temporaries, write_atomic
 from .memory import check_memory
 from .metrics import Evaluator
-from .model.predict import load_model
+from .model.predict import load_model, predicted_triangles
 from .raster import Scene, make_renderer
 from .result import Triangulation
 from .run import CHECKPOINT, RunRecorder, check_recorder_state, load_scene_states, read_checkpoint
@@ -73,6 +73,12 @@ def prepare_target(image: TargetImage, cfg: Config, device: torch.device):
     target_np = image.composite(background[0].numpy())
     target = torch.from_numpy(np.ascontiguousarray(target_np)).permute(2, 0, 1)[None]
     return target_np, target.to(device), background.to(device), None if mask is None else mask.to(device)
+
+
+def model_start(cfg: Config, target: torch.Tensor, background: torch.Tensor) -> TriangleSet | None:
+    """The start of a fit with triangles.init: model (the model's prediction for each target),
+    else None (the Fitter's initialiser)."""
+    return predicted_triangles(cfg.triangles, target, background) if cfg.triangles.init == "model" else None
 
 
 def budget_values(overrides: Iterable[str] | dict, iterations: int | None, time_limit: float | None,
@@ -223,8 +229,9 @@ class Run:
         masks = [m for _, _, _, m in prepared]
         mask = None if all(m is None for m in masks) else torch.cat(
             [torch.ones_like(prepared[0][1][:, :1]) if m is None else m for m in masks])
-        self.fitter = Fitter(first, torch.cat([p[1] for p in prepared]), torch.cat([p[2] for p in prepared]), mask,
-                             seeds=[job.cfg.seed for job in jobs])  # loads pretrained networks: may stop here
+        target, background = torch.cat([p[1] for p in prepared]), torch.cat([p[2] for p in prepared])
+        self.fitter = Fitter(first, target, background, mask, seeds=[job.cfg.seed for job in jobs],
+                             start=model_start(first, target, background))  # loads networks: may stop here
         self.evaluators = [Evaluator(p[0], first.eval.lpips, self.device) for p in prepared]
         states = [read_checkpoint(job.folder / CHECKPOINT, self.device) for job in jobs] if jobs[0].resume else None
         if states is not None:

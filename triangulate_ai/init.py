@@ -29,13 +29,13 @@ def resolve_background(spec: str | list[float], target: torch.Tensor, mask: torc
 
 def initial_triangles(cfg: TrianglesConfig, target: torch.Tensor, background: torch.Tensor,
                       generator: torch.Generator) -> TriangleSet:
-    """TriangleSet for targets (B, 3, H, W), deterministic for a given generator state."""
+    """TriangleSet for targets (B, 3, H, W), deterministic for a given generator state. A model's
+    start (init: model) is the model's prediction, which the caller hands to the Fitter
+    (api.model_start): initialisers stand below the model, which uses them."""
     batch, _, height, width = target.shape
     count = cfg.count
-    if cfg.init == "model":  # imported here: the model package needs the renderer and loss packages
-        from .model.predict import predicted_triangles
-
-        return predicted_triangles(cfg, target, background)
+    if cfg.init == "model":
+        raise ValueError("triangles.init = model: the model's prediction is handed to the Fitter as `start`")
     if cfg.init == "random":
         vertices = _random_vertices(batch, count, cfg.size, height, width, generator)
     elif cfg.init == "grid":

@@ -56,7 +56,8 @@ class Observer(Protocol):
 
 
 class Fitter:
-    """Owns the parameters, optimiser and balancer of B independent scenes, targets (B, 3, H, W).
+    """Owns the parameters, optimiser and balancer of B independent scenes, targets (B, 3, H, W),
+    starting from the configured initialiser, or from `start` (B scenes: a model's prediction).
 
     Scene b is initialised from its own seed (`seeds[b]`, default cfg.seed) and, through per-scene
     losses, balancer state and an elementwise optimiser, evolves exactly as a fit of scene b
@@ -65,7 +66,8 @@ class Fitter:
     others go on. One scene is the case B = 1."""
 
     def __init__(self, cfg: Config, target: torch.Tensor, background: torch.Tensor,
-                 mask: torch.Tensor | None = None, seeds: list[int] | None = None) -> None:
+                 mask: torch.Tensor | None = None, seeds: list[int] | None = None,
+                 start: TriangleSet | None = None) -> None:
         self.cfg = cfg
         self.target = target
         self.mask = mask
@@ -74,7 +76,7 @@ class Fitter:
         if len(self.seeds) != self.batch:
             raise ValueError(f"{len(self.seeds)} seeds for {self.batch} scenes")
         self.height, self.width = target.shape[-2:]
-        self.triangles = TriangleSet.cat([
+        self.triangles = start.to(target.device) if start is not None else TriangleSet.cat([
             initial_triangles(cfg.triangles, target[b:b + 1].cpu(), background[b:b + 1].cpu(),
                               torch.Generator().manual_seed(seed))
             for b, seed in enumerate(self.seeds)]).to(target.device)

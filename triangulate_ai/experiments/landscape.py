@@ -122,7 +122,7 @@ def last_weights(folder: Path) -> dict[str, float]:
 def load_fitter(config: Path, image: Path | None = None, overrides: tuple[str, ...] = (),
                 checkpoint: Path | None = None) -> Fitter:
     """A Fitter from a config (and image), with a checkpoint's parameters if given."""
-    from ..api import prepare_target
+    from ..api import model_start, prepare_target
     from ..config import load_config
     from ..loop import resolve_device
     from ..io import load_image
@@ -134,7 +134,7 @@ def load_fitter(config: Path, image: Path | None = None, overrides: tuple[str, .
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     _, target, background, mask = prepare_target(load_image(cfg.image.path, cfg.image.max_size), cfg, device)
-    fitter = Fitter(cfg, target, background, mask)
+    fitter = Fitter(cfg, target, background, mask, start=model_start(cfg, target, background))
     if checkpoint is not None:
         load_fitter_state(fitter, read_checkpoint(checkpoint, device), checkpoint)
     return fitter
