@@ -23,11 +23,8 @@ machine, the threads and the commit.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,7 +41,7 @@ from triangulate_ai.export import rasterize_svg, scene_to_dict, svg_from_dict  #
 from triangulate_ai.io import load_image  # noqa: E402
 from triangulate_ai.metrics import flat_mean_psnr, image_quality  # noqa: E402
 from triangulate_ai.model.predict import load_model  # noqa: E402
-from triangulate_ai.model.ship import cpu_name  # noqa: E402
+from triangulate_ai.provenance import provenance  # noqa: E402
 from triangulate_ai.raster import Scene, make_renderer  # noqa: E402
 
 IMAGES = ROOT.parent / "shared" / "data" / "kodak"
@@ -154,11 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     model, cfg = load_model(args.model)
     count = model.count
     primitive = json.loads(PRIMITIVE.read_text())["mean"][str(count)]["psnr"]
-    out = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs", "threads": args.threads,
-           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                    cwd=ROOT).stdout.strip(),
-           "model": args.model, "triangles": count, "images": [p.stem for p in paths], "size": "256 px long side",
+    out = {**provenance(), "model": args.model, "triangles": count, "images": [p.stem for p in paths], "size": "256 px long side",
            "primitive_psnr": primitive, "level": args.level}
     rows = one_pass(model, paths, args.repeats)
     out["one_pass"] = {"images": rows, **{key: float(np.mean([r[key] for r in rows])) for key in

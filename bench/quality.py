@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,10 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
 
 from triangulate_ai import fit  # noqa: E402
 from triangulate_ai.io import load_image  # noqa: E402
+from triangulate_ai.provenance import provenance  # noqa: E402
 
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "kodak"
 PRIMITIVE = ROOT / "bench" / "results" / "primitive.json"
@@ -102,9 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = {key: safe_load(value) for key, _, value in (item.partition("=") for item in args.overrides)}
     reference = primitive_figures()
-    out = {"machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
-                       "python": platform.python_version(), "torch": torch.__version__},
-           "config": str(args.config), "overrides": overrides, "runs": []}
+    out = {**provenance(), "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT)
+                                          else args.config), "overrides": overrides, "runs": []}
     tables = []
     for i, count in enumerate(args.counts):
         budget = None if args.iterations else args.budgets[i]

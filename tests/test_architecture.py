@@ -76,3 +76,33 @@ def test_a_circle_is_found_when_there_is_one():
 def test_nothing_in_the_package_imports_the_command_line():
     importers = sorted(name for name, targets in import_graph().items() if "triangulate_ai.cli" in targets)
     assert importers == []
+
+
+LAYERS = {  # docs/architecture.md: a module imports only from its own layer or the ones before it
+    1: ["errors", "stop", "placement", "checkpoints", "provenance"],
+    2: ["config", "io"],
+    3: ["raster", "loss", "schedule", "regularizer", "monitor"],
+    4: ["triangles", "metrics", "export", "memory", "colours"],
+    5: ["init", "densify"],
+    6: ["loop"],
+    7: ["run", "result"],
+    8: ["model"],
+    9: ["api", "instant", "progress"],
+    10: ["cli", "experiments", "model.cli", "model.report", "model.ship"],
+    11: ["commands"],
+}
+
+
+def layer_of(module: str) -> int:
+    """The layer of a package module: its longest listed prefix's."""
+    name = module.removeprefix("triangulate_ai").lstrip(".")
+    found = [(len(prefix), layer) for layer, prefixes in LAYERS.items() for prefix in prefixes
+             if name == prefix or name.startswith(prefix + ".")]
+    return max(found)[1] if found else 0  # the package's __init__ (names loaded lazily) stands apart
+
+
+def test_no_module_imports_from_a_later_layer():
+    upward = sorted(f"{source} -> {target}" for source, targets in import_graph().items() for target in targets
+                    if layer_of(target) > layer_of(source) and layer_of(source) > 0)
+    assert upward == []
+    assert all(layer_of(name) > 0 for name in import_graph() if name != "triangulate_ai")  # every module placed

@@ -138,3 +138,49 @@ def test_long_fit_on_the_example_is_bitwise_reproducible():
         fitter.run([])
         runs.append(fitter.triangles.positions.detach())
     assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("balancer, logged", [("gradnorm", 0), ("gradnorm", 3), ("fixed", 2), ("uncertainty", 1)])
+def test_per_term_gradients_from_the_render_give_the_same_fit_as_a_backward_per_term(balancer, logged):
+    """GradNorm's term norms (and logged ones) come from each term's gradient on the render, taken
+    once, and the step's backward reuses them; a fitter made to run the terms backward again (the
+    way it was done before) ends at the same weights and parameters."""
+    from triangulate_ai.loss.balance.gradnorm import GradNormBalancer
+
+    sets = ["triangles.count=12", "optim.iterations=8", f"loss.type={balancer}", "loss.terms.l2={weight: 3.0}",
+            f"log.grad_norm_every={logged}", "eval.lpips=null", "render.backend=torch"]
+    target = torch.from_numpy(smooth_image(24, 20)).permute(2, 0, 1)[None].float() / 255
+
+    def run(per_term: bool):
+        cfg = load_config(None, sets)
+        fitter = Fitter(cfg, target, target.mean(dim=(2, 3)))
+        if not per_term:  # the balancer measures each norm by a backward through the whole graph (but on
+            fitter.balancer.needs_term_gradients = False  # logged steps, where the loop has them anyway)
+        results = [fitter.train_step() for _ in range(8)]
+        return fitter, results
+
+    new, new_steps = run(True)
+    if balancer == "gradnorm":
+        old, old_steps = run(False)
+        for a, b in zip(new_steps, old_steps):
+            for name in a.weights:
+                assert a.weights[name] == pytest.approx(b.weights[name], rel=1e-5, abs=1e-7)
+        assert new_steps[-1].weights != new_steps[1].weights  # the weights did move
+        assert torch.allclose(new.triangles.positions, old.triangles.positions, atol=1e-5)
+        assert isinstance(new.balancer, GradNormBalancer)
+    if logged:
+        from triangulate_ai.loss.balance.base import grad_norm
+
+        step = new_steps[-1]
+        assert step.grad_norms is None or set(step.grad_norms) == {"l1", "l2"}
+        # the logged norm equals a backward through the whole graph, on a fresh step of the same fitter
+        pred = new.render()
+        losses = new.compute_losses(pred)
+        shared = [p for p in new.context.shared_params if p.requires_grad]
+        direct = {name: grad_norm(loss, shared) for name, loss in losses.items()}
+        from triangulate_ai.loop import TermGradients
+
+        image = pred.detach().requires_grad_(True)
+        terms = TermGradients(pred, image, new.compute_losses(image), shared)
+        for name in losses:
+            assert torch.allclose(terms.norm(name), direct[name], rtol=1e-6)

@@ -7,7 +7,7 @@ results: observers (logging, checkpoints, progress bars) get a StepResult after 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 import torch
@@ -20,7 +20,6 @@ from .init import initial_triangles
 from .triangles import TriangleSet
 from .loss import build_terms
 from .loss.balance import BalanceContext, build_balancer
-from .loss.balance.base import grad_norm
 from .loss.modifiers import build_pipeline
 from .regularizer import TriangleRegularizer
 from .raster import make_renderer
@@ -148,7 +147,13 @@ class Fitter:
         progress = self.progress()
         scheduled = self.schedules.apply(self.step, progress)
         pred = self.render()
-        losses = self.compute_losses(pred)
+        every = self.cfg.log.grad_norm_every
+        logged = bool(every) and self.step % every == 0
+        # per-term gradients wanted (GradNorm, or the logged norms): the terms score a detached copy of
+        # the render, each is run backward once onto it, and the render's backward does the rest
+        per_term = self.balancer.needs_term_gradients or logged
+        image = pred.detach().requires_grad_(True) if per_term else pred
+        losses = self.compute_losses(image)
         failed = {}
         finite = torch.stack([torch.isfinite(value.detach()) for value in losses.values()]).cpu()  # (terms, B)
         for b in torch.nonzero(self.active & ~finite.all(dim=0)).flatten().tolist():  # one check for all scenes
@@ -156,10 +161,12 @@ class Fitter:
             failed[b] = non_finite_message(name, value[b].item(), self.step)
         self._stop(failed, "error")
         active = self.active.to(pred.device)
-        total = self.balancer(losses, self.step, self.context, active=active)
+        terms = TermGradients(pred, image, losses, self._shared()) if per_term else None
+        inputs = {name: value.detach().requires_grad_(True) for name, value in losses.items()} if per_term else losses
+        context = replace(self.context, term_norms=terms.norm) if terms is not None else self.context
+        total = self.balancer(inputs, self.step, context, active=active)
         weights = self.balancer.get_loss_weights()  # as used by this step, before any update
-        every = self.cfg.log.grad_norm_every
-        grad_norms = self._grad_norms(losses) if every and self.step % every == 0 else None
+        grad_norms = {name: terms.norm(name).tolist() for name in losses} if logged else None
         regularizer = None
         if self.regularizer.weight > 0:  # outside the balancer: it is not an image loss
             penalty = self.regularizer(self.triangles.positions, self.height, self.width, ~self.densifier.parked.to(
@@ -174,6 +181,8 @@ class Fitter:
         if bool(active.any()):
             self.optimizer.zero_grad(set_to_none=True)
             torch.where(active, total, torch.zeros_like(total)).sum().backward()
+            if terms is not None:  # so far into the losses (d total / d L_i), the balancer and the regulariser
+                pred.backward(terms.combined({name: value.grad for name, value in inputs.items()}, active))
             self.optimizer.step()
         self._restore_inactive(frozen)
         respawned = None
@@ -248,10 +257,8 @@ class Fitter:
     def compute_losses(self, pred: torch.Tensor) -> dict[str, torch.Tensor]:
         return term_losses(self.terms, self.modifiers, pred, self.target, self.mask, self.step)
 
-    def _grad_norms(self, losses: dict[str, torch.Tensor]) -> dict[str, list[float]]:
-        """Per scene ||d L_i / d W|| over its shared parameters, one backward pass per term."""
-        params = [p for p in self.context.shared_params if p.requires_grad]
-        return {name: grad_norm(loss, params).tolist() for name, loss in losses.items()}
+    def _shared(self) -> list[torch.Tensor]:
+        return [p for p in self.context.shared_params if p.requires_grad]
 
     def run(self, observers: list[Observer], should_stop: Callable[[], str | None] = lambda: None) -> str:
         """Steps until a budget runs out or `should_stop` names a reason; returns the reason:
@@ -313,6 +320,43 @@ class Fitter:
         if len(steps) != 1:
             raise ValueError(f"scenes saved at different steps ({sorted(steps)}) cannot resume as one batch")
         self.load_state_dict(join_scenes(states))
+
+
+class TermGradients:
+    """Each loss term's gradient on the render, and from it the term's gradient norm over the
+    shared parameters, per scene: one backward through each term (its network, if any) onto the
+    render, then only the renderer's backward per term. The loop's own backward reuses the
+    terms' render gradients, weighted by d total / d L_i, so no term runs backward twice."""
+
+    def __init__(self, render: torch.Tensor, image: torch.Tensor, losses: dict[str, torch.Tensor],
+                 shared: list[torch.Tensor]) -> None:
+        self.render, self.image, self.losses, self.shared = render, image, losses, shared
+        self._grads: dict[str, torch.Tensor] = {}
+        self._norms: dict[str, torch.Tensor] = {}
+
+    def on_render(self, name: str) -> torch.Tensor:
+        """d L_name / d render, (B, 3, H, W) (scene b's rows from scene b's loss)."""
+        if name not in self._grads:
+            (self._grads[name],) = torch.autograd.grad(self.losses[name].sum(), self.image, retain_graph=True)
+        return self._grads[name]
+
+    def norm(self, name: str) -> torch.Tensor:
+        """Per-scene ||d L_name / d shared params|| (B,), float64."""
+        if name not in self._norms:
+            grads = torch.autograd.grad(self.render, self.shared, grad_outputs=self.on_render(name),
+                                        retain_graph=True, allow_unused=True)
+            squares = [g.double().pow(2).flatten(1).sum(dim=1) for g in grads if g is not None]
+            self._norms[name] = torch.sqrt(sum(squares)) if squares else \
+                torch.zeros(self.render.shape[0], dtype=torch.float64, device=self.render.device)
+        return self._norms[name]
+
+    def combined(self, weights: dict[str, torch.Tensor | None], active: torch.Tensor) -> torch.Tensor:
+        """sum_i w_i dL_i/d render, w_i (B,) the total's derivative by L_i, for the active scenes."""
+        out = torch.zeros_like(self.render)
+        for name, weight in weights.items():
+            if weight is not None:
+                out = out + weight.to(out.dtype).view(-1, *[1] * (out.dim() - 1)) * self.on_render(name)
+        return torch.where(active.view(-1, *[1] * (out.dim() - 1)), out, torch.zeros_like(out))
 
 
 SCHEDULABLE_PARTS = ("render.sigma, loss.<option of loss.type {loss_type}>, loss.terms.<term>.weight (fixed, dynamic), "

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import platform
-import subprocess
 from pathlib import Path
 
 import torch
@@ -25,17 +24,9 @@ import torch
 from .. import __version__
 from ..errors import ArgumentParser, UserError, one_line_errors
 from ..io import write_atomic, write_json
+from ..provenance import commit, cpu_name
 from .predict import SHIPPED, load_model
 from .record import read_model_checkpoint
-
-
-def cpu_name() -> str:
-    """The CPU's model name, for the record."""
-    try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def ship(folder: Path, name: str, data: str, command: str, into: Path = SHIPPED) -> dict:
@@ -71,23 +62,14 @@ def ship(folder: Path, name: str, data: str, command: str, into: Path = SHIPPED)
         "steps": summary["steps"],
         "wall_time_s": summary["wall_time_s"],
         "threads": summary["threads"],
-        "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs",
+        "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs",  # of this shipping; the training's is the same
         "date": datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).strftime("%Y-%m-%d"),
-        "commit": _commit(),
+        "commit": commit(),
         "validation": {"metrics_on": summary["metrics_on"], **history[-1]},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "triangulate_ai": __version__},
     }
     write_json(into / f"{name}.json", card)
     return card
-
-
-def _commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -41,6 +42,9 @@ class BalanceContext:
 
     shared_params: list[torch.Tensor] = field(default_factory=list)
     iterations: int = 0
+    # per-scene ||d L_name / d shared params|| (B,), float64, when the loop has them from the terms'
+    # gradients on the render (one backward through each term in all); None: the balancer uses grad_norm
+    term_norms: Callable[[str], torch.Tensor] | None = None
 
 
 def ramp_factor(start: int, target: int, step: int) -> float:
@@ -58,6 +62,8 @@ class Balancer(nn.Module, ABC):
 
     A ramped term enters as r*L + (1-r)*stop_grad(L): the balancer sees the true value, and the
     term's gradient (its effective weight) is scaled by r, whatever the method."""
+
+    needs_term_gradients = False  # True: it reads each term's gradient norm (BalanceContext.term_norms)
 
     def __init__(self, names: list[str], ramps: dict[str, tuple[int, int]] | None = None, batch: int = 1) -> None:
         super().__init__()

@@ -6,7 +6,9 @@ L_grad = sum_i |G_i - mean(G) * r_i^alpha| (target detached), and theta takes on
 Adam on L_grad. The total uses this step's weights, detached. L_i(0) is the mean loss over steps
 0..warmup_steps, i.e. warmup_steps + 1 steps (step 0 alone by default), during which the
 weights stay 1.
-The norms cost one extra backward pass per term (for all scenes at once).
+The norms come from the loop (BalanceContext.term_norms): each term's gradient on the render,
+taken once, through the renderer's backward alone; the terms (and their networks) are not run
+backward a second time. Without them (the model trainer) it takes one backward pass per term.
 
 Per scene: theta (B, T), L(0) (B, T), the warm-up count (B,) and the Adam moments (B, T) and
 step count (B,), all buffers or parameters. G_{i,b} uses scene b's slice of the shared parameters
@@ -24,6 +26,7 @@ from .base import Balancer, by_name, grad_norm, loss_matrix, weighted_sum
 
 
 class GradNormBalancer(Balancer):
+    needs_term_gradients = True
     betas = (0.9, 0.999)
     eps = 1e-8
 
@@ -65,7 +68,8 @@ class GradNormBalancer(Balancer):
             if p.dim() == 0 or p.shape[0] != self.batch:
                 raise ValueError(f"GradNorm: a shared parameter has shape {tuple(p.shape)}; the first dimension "
                                  f"must be the scene ({self.batch})")
-        norms = torch.stack([grad_norm(losses[n], params) for n in self.names], dim=1)  # (B, T)
+        measure = ctx.term_norms or (lambda name: grad_norm(losses[name], params))
+        norms = torch.stack([measure(n) for n in self.names], dim=1)  # (B, T)
         norms = torch.where(update[:, None], norms, torch.zeros_like(norms))  # nothing from other rows
         norms = norms.to(self.theta.dtype).to(self.theta.device)
         ratio = vals / self.initial.clamp_min(1e-12)
