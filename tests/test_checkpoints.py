@@ -80,6 +80,8 @@ HOSTILE = {  # what the issue found crashing mid-run or accepted, by name
     "text_learning_rate": lambda s: s["fitter"]["optimizer"]["param_groups"][0].__setitem__("lr", "fast"),
     "nan_adam_moment": lambda s: s["fitter"]["optimizer"]["state"][0]["exp_avg"].fill_(float("inf")),
     "elapsed_nan": _set("fitter", "elapsed", value=float("nan")),
+    "huge_step": _set("fitter", "step", value=2**1100),
+    "params_as_tensor": lambda s: s["fitter"]["optimizer"]["param_groups"][0].__setitem__("params", torch.tensor([0])),
 }
 
 
@@ -164,10 +166,14 @@ def test_a_folder_left_without_a_checkpoint_resumes_from_step_0(image_path, tmp_
     for name in list(_files(folder)):
         if name not in ("config.yaml", "metrics.jsonl"):  # what a kill -9 within the first second left
             (folder / name).unlink()
+    (folder / "notes.txt").write_text("mine")  # not a file a run writes: it stays
     capsys.readouterr()
     assert main(["--resume", str(folder)]) == 0
     assert "starting it again from step 0" in capsys.readouterr().out
     assert json.loads((folder / "summary.json").read_text())["iterations"] == 3
+    assert (folder / "notes.txt").read_text() == "mine"
+    steps = [json.loads(r)["step"] for r in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps.count(0) == 1  # the killed run's lines went with it
     assert not list(tmp_path.glob("run_*"))  # the same folder, not run_1
 
 

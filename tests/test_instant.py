@@ -23,7 +23,7 @@ from triangulate_ai.model.ship import ship
 from .conftest import smooth_image
 from .test_model import data, trained  # noqa: F401 - fixtures
 
-EXPORTS = {"triangles.json", "triangles.svg", "final.png", "compare.png", "summary.json"}
+EXPORTS = {"config.yaml", "triangles.json", "triangles.svg", "final.png", "compare.png", "summary.json"}
 
 
 @pytest.fixture
@@ -130,3 +130,16 @@ def test_the_package_ships_a_default_model_that_loads_by_name_and_matches_its_ca
     with torch.no_grad():
         scene = model(picture)
     assert torch.isfinite(scene.vertices).all() and scene.vertices.shape == (1, card["triangles"], 3, 2)
+
+
+def test_instant_again_with_overwrite_replaces_its_own_folders(shelf, data, tmp_path):  # noqa: F811
+    out = tmp_path / "instant"
+    args = ["--instant", "--image", str(data / "img0.png"), "--init-from-model", "tiny", "--out", str(out)]
+    assert fit_main(args) == 0 and fit_main([*args, "--overwrite"]) == 0
+    assert not (tmp_path / "instant_1").exists() and (out / "config.yaml").is_file()
+
+
+def test_fit_from_a_model_keeps_a_count_the_config_asks_for(shelf, data):  # noqa: F811
+    result = tai.fit(data / "img0.png", init="model", model="tiny", iterations=1,
+                     overrides={"eval.lpips": None, "triangles.count": 11})
+    assert result.config.triangles.count == 11 and len(result.to_dict()["triangles"]) == 11

@@ -140,47 +140,46 @@ def test_long_fit_on_the_example_is_bitwise_reproducible():
     assert torch.equal(runs[0], runs[1])
 
 
-@pytest.mark.parametrize("balancer, logged", [("gradnorm", 0), ("gradnorm", 3), ("fixed", 2), ("uncertainty", 1)])
-def test_per_term_gradients_from_the_render_give_the_same_fit_as_a_backward_per_term(balancer, logged):
+@pytest.mark.parametrize("balancer, logged, ramp", [("gradnorm", 0, False), ("gradnorm", 3, False),
+                                                    ("gradnorm", 0, True), ("fixed", 2, False),
+                                                    ("uncertainty", 1, True)])
+def test_per_term_gradients_from_the_render_give_the_same_fit_as_a_backward_per_term(balancer, logged, ramp):
     """GradNorm's term norms (and logged ones) come from each term's gradient on the render, taken
-    once, and the step's backward reuses them; a fitter made to run the terms backward again (the
-    way it was done before) ends at the same weights and parameters."""
-    from triangulate_ai.loss.balance.gradnorm import GradNormBalancer
+    once, and the step's backward reuses them; a fitter that runs the terms backward again (the
+    way it was done before: no logged norms, the balancer measuring its own) ends at the same
+    weights and parameters, ramps and learnable balancer parameters included."""
+    from triangulate_ai.loss.balance.base import grad_norm
+    from triangulate_ai.loop import TermGradients
 
-    sets = ["triangles.count=12", "optim.iterations=8", f"loss.type={balancer}", "loss.terms.l2={weight: 3.0}",
-            f"log.grad_norm_every={logged}", "eval.lpips=null", "render.backend=torch"]
+    l2 = "{weight: 3.0, start_iter: 1, target_iter: 6}" if ramp else "{weight: 3.0}"
+    sets = ["triangles.count=12", "optim.iterations=8", f"loss.type={balancer}", f"loss.terms.l2={l2}",
+            "eval.lpips=null", "render.backend=torch"]
     target = torch.from_numpy(smooth_image(24, 20)).permute(2, 0, 1)[None].float() / 255
 
     def run(per_term: bool):
-        cfg = load_config(None, sets)
-        fitter = Fitter(cfg, target, target.mean(dim=(2, 3)))
-        if not per_term:  # the balancer measures each norm by a backward through the whole graph (but on
-            fitter.balancer.needs_term_gradients = False  # logged steps, where the loop has them anyway)
-        results = [fitter.train_step() for _ in range(8)]
-        return fitter, results
+        fitter = Fitter(load_config(None, [*sets, f"log.grad_norm_every={logged if per_term else 0}"]), target,
+                        target.mean(dim=(2, 3)))
+        if not per_term:
+            fitter.balancer.needs_term_gradients = False
+        return fitter, [fitter.train_step() for _ in range(8)]
 
     new, new_steps = run(True)
+    old, old_steps = run(False)
+    for a, b in zip(new_steps, old_steps):
+        for name in a.weights:
+            assert a.weights[name] == pytest.approx(b.weights[name], rel=1e-5, abs=1e-7)
+    for param in ("positions", "color_logits", "opacity_logits"):
+        assert torch.allclose(getattr(new.triangles, param), getattr(old.triangles, param), atol=1e-5), param
+    for a, b in zip(new.balancer.parameters(), old.balancer.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
     if balancer == "gradnorm":
-        old, old_steps = run(False)
-        for a, b in zip(new_steps, old_steps):
-            for name in a.weights:
-                assert a.weights[name] == pytest.approx(b.weights[name], rel=1e-5, abs=1e-7)
         assert new_steps[-1].weights != new_steps[1].weights  # the weights did move
-        assert torch.allclose(new.triangles.positions, old.triangles.positions, atol=1e-5)
-        assert isinstance(new.balancer, GradNormBalancer)
     if logged:
-        from triangulate_ai.loss.balance.base import grad_norm
-
-        step = new_steps[-1]
-        assert step.grad_norms is None or set(step.grad_norms) == {"l1", "l2"}
-        # the logged norm equals a backward through the whole graph, on a fresh step of the same fitter
-        pred = new.render()
-        losses = new.compute_losses(pred)
+        logged_steps = [s for s in new_steps if s.grad_norms is not None]
+        assert [s.step for s in logged_steps] == list(range(0, 8, logged))
+        pred = new.render()  # the logged norm is a backward through the whole graph
         shared = [p for p in new.context.shared_params if p.requires_grad]
-        direct = {name: grad_norm(loss, shared) for name, loss in losses.items()}
-        from triangulate_ai.loop import TermGradients
-
         image = pred.detach().requires_grad_(True)
         terms = TermGradients(pred, image, new.compute_losses(image), shared)
-        for name in losses:
-            assert torch.allclose(terms.norm(name), direct[name], rtol=1e-6)
+        for name, loss in new.compute_losses(pred).items():
+            assert torch.allclose(terms.norm(name), grad_norm(loss, shared), rtol=1e-6)

@@ -152,3 +152,14 @@ def test_every_metrics_panel_and_the_contact_sheet_say_when_random_networks_drov
     assert all("fits driven by random-network losses" in ax.get_title() for ax in metrics.axes)
     assert "random-network losses" in sheet._suptitle.get_text()
     plt.close("all")
+
+
+def test_colour_shift_is_the_same_everywhere_for_a_uniform_shift_whatever_the_size():
+    import numpy as np
+
+    from triangulate_ai.metrics import colour_shift
+
+    target = np.full((100, 100, 3), 0.4, np.float32)  # 100 is no multiple of the 8-px blocks
+    shifted = target + np.array([0.1, 0.0, 0.0], np.float32)
+    assert colour_shift(target, target) == 0.0
+    assert colour_shift(shifted, target) == pytest.approx(colour_shift(shifted[:8, :8], target[:8, :8]), rel=1e-9)

@@ -104,3 +104,13 @@ def test_a_fit_runs_on_l1_plus_d_ssim_plus_ms_ssim(image_path, tmp_path):
 
     final = json.loads((out / "summary.json").read_text())["final_losses"]
     assert set(final) == {"l1", "ssim", "ms_ssim"} and all(np.isfinite(v) for v in final.values())
+
+
+def test_masked_ms_ssim_ignores_the_pixels_outside_the_mask():
+    pred, target = _pair(48, 48)
+    mask = torch.zeros(1, 1, 48, 48, dtype=torch.float64)
+    mask[..., :, :24] = 1
+    changed = pred.clone()
+    changed[..., :, 24:] = 1 - changed[..., :, 24:]
+    assert torch.allclose(MSSSIM()(pred, target, mask), MSSSIM()(changed, target, mask))
+    assert not torch.allclose(MSSSIM()(pred, target), MSSSIM()(changed, target))

@@ -27,13 +27,13 @@ from .config import Config, RenderConfig, load_config, safe_load
 from .errors import UserError
 from .loop import Fitter, Observer, resolve_device
 from .init import resolve_background
-from .io import TargetImage, image_from_array, load_image, remove_temporaries, write_atomic
+from .io import TargetImage, clear_outputs, image_from_array, load_image, remove_temporaries, write_atomic
 from .memory import check_memory
 from .metrics import Evaluator
 from .model.predict import load_model, predicted_triangles
 from .raster import Scene, make_renderer
 from .result import Triangulation
-from .run import CHECKPOINT, RunRecorder, check_recorder_state, load_scene_states, read_checkpoint
+from .run import CHECKPOINT, OUTPUTS, RunRecorder, check_recorder_state, load_scene_states, read_checkpoint
 from .triangles import TriangleSet
 
 ImageLike = str | Path | np.ndarray | Image.Image
@@ -211,6 +211,10 @@ class Run:
                 raise UserError("the scenes of one batch must share every setting but seed and image")
         if len({job.resume for job in jobs}) > 1:
             raise UserError("a batch either starts fresh or resumes, not both")
+        # a resumed folder without a checkpoint (its run was killed within its first moments) starts again
+        restart = [job.resume and not (job.folder / CHECKPOINT).is_file() for job in jobs]
+        if len(set(restart)) > 1:
+            raise UserError("a batch resumes from checkpoints or starts folders without one again, not both")
         self.cfg = first
         self.jobs = jobs
         self.images = [job.image or self._load(job.cfg) for job in jobs]
@@ -233,7 +237,8 @@ class Run:
         self.fitter = Fitter(first, target, background, mask, seeds=[job.cfg.seed for job in jobs],
                              start=model_start(first, target, background))  # loads networks: may stop here
         self.evaluators = [Evaluator(p[0], first.eval.lpips, self.device) for p in prepared]
-        states = [read_checkpoint(job.folder / CHECKPOINT, self.device) for job in jobs] if jobs[0].resume else None
+        states = [read_checkpoint(job.folder / CHECKPOINT, self.device) for job in jobs] \
+            if jobs[0].resume and not restart[0] else None
         if states is not None:
             for job, state in zip(jobs, states):
                 check_recorder_state(state, job.folder / CHECKPOINT, height, width)
@@ -259,8 +264,9 @@ class Run:
 
     def _open_folders(self, jobs: list[Job], overwrite: bool, created: list[Path]) -> None:
         """Each job's run folder: made (and listed in `created`) for a fresh run, cleared of an
-        interrupted write's temporaries for a resumed one; its config.yaml written unless it
-        already holds this config (a resume changes it only through --set)."""
+        interrupted write's temporaries for a resumed one, of a run's outputs (nothing else) for
+        one resumed without a checkpoint; its config.yaml written unless it already holds this
+        config (a resume changes it only through --set)."""
         for job in jobs:
             folder = job.folder
             if folder is not None and not job.resume:
@@ -268,8 +274,10 @@ class Run:
                 created.append(folder)
                 if note:
                     self.notes.append(note)
-            elif folder is not None:
+            elif folder is not None and (folder / CHECKPOINT).is_file():
                 remove_temporaries(folder)
+            elif folder is not None:  # resumed without a checkpoint: again from step 0, in its own folder
+                clear_outputs(folder, OUTPUTS)
             if folder is not None and not (job.resume and holds_config(folder / "config.yaml", job.cfg)):
                 write_atomic(folder / "config.yaml", job.cfg.to_yaml())
             self.folders.append(folder)
@@ -334,8 +342,7 @@ class Run:
                                     target=self.evaluators[b].target, metrics=summary, folder=self.folders[b])
 
 
-SHORTCUTS = {"triangles": "triangles.count", "seed": "seed", "device": "device", "init": "triangles.init",
-             "model": "triangles.model"}
+SHORTCUTS = {"triangles": "triangles.count", "seed": "seed", "device": "device"}
 
 
 def fit(image: ImageLike, config: str | Path | Config | None = None, *, out: str | Path | None = None,
@@ -354,18 +361,21 @@ def fit(image: ImageLike, config: str | Path | Config | None = None, *, out: str
     written."""
     if model is not None and init not in (None, "model"):
         raise UserError(f"fit(): model={model!r} is a starting point: it goes with init='model', not {init!r}")
-    if model is not None or init == "model":
-        init, model = "model", model or "default"
-        if triangles is None:
-            triangles = load_model(model)[0].count
     values = {SHORTCUTS[name]: value for name, value in
-              (("triangles", triangles), ("seed", seed), ("device", device), ("init", init), ("model", model))
-              if value is not None}
+              (("triangles", triangles), ("seed", seed), ("device", device)) if value is not None}
     values.update(budget_values(overrides or {}, iterations, time_limit, target_psnr))
     target = None
     if isinstance(image, (str, Path)):
         values["image.path"] = str(image)
     cfg = load_config(config, values={**(overrides or {}), **values}, values_source="fit()")
+    if init == "model" or model is not None:  # the model named, else the config's, else the shipped one
+        chosen = model or cfg.triangles.model or "default"
+        start = {"triangles.init": "model", "triangles.model": chosen}
+        if "count" not in cfg.triangles.model_fields_set:  # no count asked for: the model's own
+            start["triangles.count"] = load_model(chosen)[0].count
+        cfg = load_config(cfg, values=start, values_source="fit()")
+    elif init is not None:
+        cfg = load_config(cfg, values={"triangles.init": init}, values_source="fit()")
     if not isinstance(image, (str, Path)):
         target = image_from_array(np.asarray(image), cfg.image.max_size)
     if not progress:

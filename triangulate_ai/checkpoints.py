@@ -22,6 +22,7 @@ import torch
 from .errors import UserError
 
 Spec = Callable[[Any, str], None]  # raises Mismatch when the value at `where` is not as required
+LARGEST_INT = 2**53  # integers past this are not exact as floats, and no step count or index gets there
 
 
 class Mismatch(Exception):
@@ -139,7 +140,10 @@ def number(minimum: float | None = None, integer: bool = False, allow_inf: bool 
         types = int if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, types):
             raise Mismatch(where, f"is {_kind(value)}, not {'an integer' if integer else 'a number'}")
-        if math.isnan(value) or (math.isinf(value) and not (allow_inf and value > 0)):
+        if isinstance(value, int):
+            if abs(value) > LARGEST_INT:  # pickle holds integers of any size; no count of ours is past 2^53
+                raise Mismatch(where, f"is an integer of {value.bit_length()} bits, not a count")
+        elif math.isnan(value) or (math.isinf(value) and not (allow_inf and value > 0)):
             raise Mismatch(where, f"is {value}, not a finite number")
         if minimum is not None and value < minimum:
             raise Mismatch(where, f"is {value}, below {minimum:g}")
@@ -219,8 +223,9 @@ def _group_spec(template: dict) -> Spec:
     def check(value: Any, where: str) -> None:
         if not isinstance(value, Mapping):
             raise Mismatch(where, f"is {_kind(value)}, not a mapping")
-        if value.get("params") != template["params"]:
-            raise Mismatch(_join(where, "params"), "are not this run's parameters", damaged=False)
+        indexes = value.get("params")
+        if not (isinstance(indexes, list) and all(type(i) is int for i in indexes) and indexes == template["params"]):
+            raise Mismatch(_join(where, "params"), "are not this run's parameter indexes", damaged=False)
         for key, sub in template.items():
             if key in value and key != "params":
                 conform(value[key], number(minimum=0) if key in ("lr", "eps", "weight_decay") else sub,

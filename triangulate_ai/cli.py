@@ -89,10 +89,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.seeds:
         args.overrides = [*args.overrides, f"seed={args.seeds[0]}"]
     cfg, folder = _config_and_folder(args)
-    resume = args.resume is not None and (folder / CHECKPOINT).is_file()
-    if args.resume is not None and not resume:
+    if args.resume is not None and not (folder / CHECKPOINT).is_file():
         print(f"{folder} has no {CHECKPOINT} (the run stopped before its first one): starting it again from step 0")
-    run = Run(cfg, folder, resume=resume, overwrite=args.overwrite or args.resume is not None, on_warning=print_warning)
+    run = Run(cfg, folder, resume=args.resume is not None, overwrite=args.overwrite, on_warning=print_warning)
     for line in random_network_warnings(cfg):
         print(f"warning: {line}", file=sys.stderr)
     if run.note:

@@ -1,11 +1,11 @@
 """Instant triangulation: a trained model's one-pass prediction for each image, exported as a fit's
-run folder is (triangles.json and .svg, final.png, compare.png, summary.json with the PSNR and SSIM
-of the hard-edged drawing).
+run folder is (config.yaml, triangles.json and .svg, final.png, compare.png, summary.json with the
+PSNR, SSIM and colour shift of the hard-edged drawing).
 
 Images are grouped by their working size (after image.max_size) and predicted in batches, so a
-folder of thousands goes through at the model's speed; every image's header is read before the
-first prediction, and an image that then cannot be decoded is reported in its summary without
-stopping the others.
+folder of thousands goes through at the model's speed. Every image's header is read before the
+first prediction (a missing, unreadable or too large one stops everything with one line); an image
+whose data then cannot be decoded stops the run with one line, the folders already written kept.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .api import ImageLike, make_folder, prepare_target
 from .config import Config, load_config
 from .errors import UserError
 from .export import rasterize_svg, scene_to_dict, svg_from_dict
-from .io import TargetImage, image_from_array, load_image, working_size
+from .io import TargetImage, image_from_array, load_image, working_size, write_atomic
 from .loop import resolve_device
 from .metrics import Evaluator, flat_mean_psnr
 from .model.predict import load_model
@@ -101,6 +101,9 @@ def predict_all(items: list[_Item], model: str | Path, cfg: Config, overwrite: b
                 if items[i].folder is not None:
                     folder, _ = make_folder(items[i].folder, overwrite)
                     result.folder = folder
+                    source = items[i].source
+                    image_path = str(source) if isinstance(source, Path) else None
+                    write_atomic(folder / "config.yaml", load_config(cfg, values={"image.path": image_path}).to_yaml())
                     result.write_exports(folder)
                 results[i] = result
             bar.update(len(batch))

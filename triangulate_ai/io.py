@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,18 @@ def remove_temporaries(folder: Path) -> list[Path]:
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+def clear_outputs(folder: Path, names: tuple[str, ...]) -> None:
+    """Delete the files and folders `names` a run writes into `folder` (and write_atomic's
+    temporaries), nothing else: to start a run again in its own folder."""
+    remove_temporaries(folder)
+    for name in names:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> None:

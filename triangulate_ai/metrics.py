@@ -37,8 +37,10 @@ def colour_shift(pred: np.ndarray, target: np.ndarray, block: int = COLOUR_BLOCK
     rgb2lab and deltaE_ciede2000; about 1 is a just-noticeable difference): how far the colours
     drifted, whatever the structure does. A structure-only loss can keep PSNR near its usual
     value and still shift every colour; this number shows it."""
-    factors = (min(block, pred.shape[0]), min(block, pred.shape[1]), 1)
-    small = [downscale_local_mean(np.clip(image, 0, 1).astype(np.float64), factors) for image in (pred, target)]
+    by, bx = min(block, pred.shape[0]), min(block, pred.shape[1])
+    height, width = pred.shape[0] // by * by, pred.shape[1] // bx * bx  # whole blocks only: no zero padding
+    small = [downscale_local_mean(np.clip(image[:height, :width], 0, 1).astype(np.float64), (by, bx, 1))
+             for image in (pred, target)]
     return float(deltaE_ciede2000(rgb2lab(small[1]), rgb2lab(small[0])).mean())
 
 

@@ -30,6 +30,8 @@ from .metrics import Evaluator, flat_mean_psnr, psnr_torch
 from .monitor import TensorBoardSink, WarningMonitor
 
 CHECKPOINT = "checkpoint.pt"
+OUTPUTS = ("metrics.jsonl", "tensorboard", CHECKPOINT, "final.png", "compare.png", "triangles.json", "triangles.svg",
+           "progress.gif", "summary.json")  # what a fit writes into its folder besides config.yaml
 CHECKPOINT_FORMAT = "triangulate_ai.checkpoint/2"  # 2: weights_only-loadable (frames as a uint8 tensor)
 METRICS = "metrics.jsonl"
 GIF_MAX_SIDE = 256

@@ -7,8 +7,10 @@ averaged over the positions where the window fits (scikit-image crops the same b
 the channels. MS-SSIM as Wang, Simoncelli and Bovik (2003): the contrast-structure term at each
 of M scales (2x average pooling between them), the luminance term at the coarsest, the published
 weights; M is as many scales as the image has room for (its shorter side halved M - 1 times still
-holds a window), the weights cut to M and renormalised. pytorch-msssim computes the same values
-but refuses images under 161 px whatever the number of scales, and gives no per-pixel map.
+holds a window), the weights cut to M and renormalised (a partial 2x2 window at an odd border averages what it covers).
+pytorch-msssim computes the same values on images whose sides halve evenly (it pads odd sides with
+zeros counted in the mean), but refuses images under 161 px whatever the number of scales, and
+gives no per-pixel map.
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ class MSSSIM(LossTerm):
     def __call__(self, pred, target, mask=None):
         size = self.window.numel()
         _fits(pred, size, self.name)
+        if mask is not None:  # masked-out pixels show the target: they differ nowhere (as the perceptual terms)
+            pred = pred * mask + target.detach() * (1 - mask)
         count = scales_for(*pred.shape[-2:], size, self.scales)
         weights = torch.tensor(MS_WEIGHTS[:count], dtype=pred.dtype, device=pred.device)
         weights = weights / weights.sum()

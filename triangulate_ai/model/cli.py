@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..api import check_folder, holds_config, make_folder, random_network_warnings
 from ..checkpoints import shorten
 from ..errors import EXIT_INTERRUPTED, ArgumentParser, UserError, one_line_errors, program_name
-from ..io import remove_temporaries, write_atomic
+from ..io import clear_outputs, remove_temporaries, write_atomic
 from ..loop import resolve_device
 from ..metrics import Evaluator
 from ..progress import print_warning
@@ -28,7 +28,7 @@ from ..run import CHECKPOINT
 from ..stop import StopRequest
 from .config import ModelRunConfig, load_model_config
 from .data import TrainCrops, data_split, validation_images
-from .record import ModelRecorder, check_training_state, read_model_checkpoint
+from .record import OUTPUTS, ModelRecorder, check_training_state, read_model_checkpoint
 from .trainer import ModelTrainer, TrainingFailed, Validation, train_epochs
 
 
@@ -72,20 +72,21 @@ def _config(args: argparse.Namespace) -> tuple[ModelRunConfig, Path]:
 
 def _open_folder(args: argparse.Namespace, cfg: ModelRunConfig, folder: Path, state: dict | None,
                  trainer: ModelTrainer, split, images: list[torch.Tensor]) -> ModelRecorder:
-    """The training folder and its recorder: made for a new training (or made again for a resumed
-    one that stopped before its first checkpoint), cleared of an interrupted write's temporaries
-    when resumed, config.yaml written unless it already holds this config. A failure or Ctrl-C
-    before the first step removes a folder made here."""
+    """The training folder and its recorder: made for a new training, cleared of its outputs (and
+    nothing else) for a resumed one that stopped before its first checkpoint, of an interrupted
+    write's temporaries for a resumed one; config.yaml written unless it already holds this
+    config. A failure or Ctrl-C before the first step removes a folder made here."""
     made = None
     try:
-        if state is None:
-            if args.resume is not None:
-                print(f"{folder} has no {CHECKPOINT} (the training stopped before its first one): starting it again "
-                      "from step 0")
-            made, note = make_folder(folder, overwrite=args.overwrite or args.resume is not None)
+        if args.resume is None:
+            made, note = make_folder(folder, overwrite=args.overwrite)
             if note:
                 print(note)
             folder = made
+        elif state is None:  # again from step 0, in its own folder: only a training's outputs go
+            print(f"{folder} has no {CHECKPOINT} (the training stopped before its first one): starting it again "
+                  "from step 0")
+            clear_outputs(folder, OUTPUTS)
         else:
             remove_temporaries(folder)
         if not (state is not None and holds_config(folder / "config.yaml", cfg)):

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..config import RenderConfig
 from ..init import resolve_background
-from ..raster import make_renderer
+from ..raster import Renderer, make_renderer
 from ..raster.scene import Scene
 from .config import ModelRunConfig
 from .encoder import build_encoder
@@ -38,9 +38,15 @@ class TriangleModel(nn.Module):
             self.refine_encoder = build_encoder(cfg.model.encoder, load_weights=False, inputs=9)
             self.refiner = TriangleHead(self.refine_encoder.channels, refine, cfg.model.head, first=total - refine,
                                         total=total)
-            self.renderer = make_renderer(RenderConfig(backend=cfg.render.backend, sigma=DRAFT_SIGMA))
+            self.draft = RenderConfig(backend=cfg.render.backend, sigma=DRAFT_SIGMA)
+            self._renderers: dict[str, Renderer] = {}  # one per device the model runs on
         self.learn_background = cfg.triangles.learn_background
         self.background = cfg.triangles.background
+
+    def _renderer(self, device: torch.device) -> Renderer:
+        if str(device) not in self._renderers:
+            self._renderers[str(device)] = make_renderer(self.draft, device)
+        return self._renderers[str(device)]
 
     @property
     def count(self) -> int:
@@ -62,7 +68,7 @@ class TriangleModel(nn.Module):
             scene = scene._replace(background=resolve_background(self.background, images))
         if self.refiner is not None:
             # on the meta device (memory estimates) there is no kernel to draw with: only the shape counts
-            draft = torch.zeros_like(x) if x.is_meta else self.renderer(scene, side, side)
+            draft = torch.zeros_like(x) if x.is_meta else self._renderer(x.device)(scene, side, side)
             more = self.refiner(self.refine_encoder(torch.cat([x, draft, x - draft], dim=1)), colours)
             scene = Scene(torch.cat([scene.vertices, more.vertices], 1), torch.cat([scene.colors, more.colors], 1),
                           torch.cat([scene.opacity, more.opacity], 1), scene.background)
@@ -90,4 +96,5 @@ def memory_bytes(cfg: ModelRunConfig, batch: int, training: bool) -> int:
     stored = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     learnt = sum(p.numel() * p.element_size() for p in model.parameters())
     activations = sum(outputs) if training else 2 * max(outputs, default=0)
-    return stored + (3 * learnt if training else 0) + 4 * batch * 3 * side * side + activations
+    inputs = 3 + (3 + 9 if cfg.model.refine else 0)  # the resized image; the draft and the refiner's 9 channels
+    return stored + (3 * learnt if training else 0) + 4 * batch * inputs * side * side + activations

@@ -31,6 +31,7 @@ from .data import Split
 from .trainer import ModelStep, ModelTrainer, Validation
 
 MODEL_FORMAT = "triangulate_ai.model/1"
+OUTPUTS = ("metrics.jsonl", "tensorboard", CHECKPOINT, "val.png", "summary.json")  # a training's, besides config.yaml
 SECTIONS = ("config", "trainer", "recorder", "split")
 SHEET_IMAGES = 8  # validation images shown in val.png and TensorBoard
 SHEET_HEIGHT = 128  # pixels of each row of val.png

@@ -68,7 +68,12 @@ class GradNormBalancer(Balancer):
             if p.dim() == 0 or p.shape[0] != self.batch:
                 raise ValueError(f"GradNorm: a shared parameter has shape {tuple(p.shape)}; the first dimension "
                                  f"must be the scene ({self.batch})")
-        measure = ctx.term_norms or (lambda name: grad_norm(losses[name], params))
+        if ctx.term_norms is not None:  # of the unramped terms: scaled as the ramped ones the fallback measures
+            def measure(name: str) -> torch.Tensor:
+                return ctx.term_norms(name) * self._ramp_now.get(name, 1.0)
+        else:
+            def measure(name: str) -> torch.Tensor:
+                return grad_norm(losses[name], params)
         norms = torch.stack([measure(n) for n in self.names], dim=1)  # (B, T)
         norms = torch.where(update[:, None], norms, torch.zeros_like(norms))  # nothing from other rows
         norms = norms.to(self.theta.dtype).to(self.theta.device)
