@@ -86,7 +86,7 @@ LAYERS = {  # docs/architecture.md: a module imports only from its own layer or 
     5: ["init", "densify"],
     6: ["loop"],
     7: ["run", "result"],
-    8: ["model"],
+    8: ["model", "models"],
     9: ["api", "instant", "progress"],
     10: ["cli", "experiments", "model.cli", "model.report", "model.ship"],
     11: ["commands"],

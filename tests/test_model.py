@@ -408,3 +408,27 @@ def test_training_and_validation_steps_name_their_devices(balancer, data):
         trainer.train_step(images)
         trainer.train_step(images)
         assert math.isfinite(trainer.validate(images, evaluators).summary()["psnr"])
+
+
+def test_a_model_with_solve_gives_the_least_squares_colours_in_inference_only():
+    from triangulate_ai.colours import solve_colours
+    from triangulate_ai.model.network import SOLVE_SIGMA, TriangleModel
+
+    cfg = load_model_config(None, [*TINY, "model.solve=24", "model.refine=3"])
+    torch.manual_seed(0)
+    model = TriangleModel(cfg)
+    images = torch.rand(2, 3, 36, 48)
+    model.train()
+    trained_colours = model(images).colors
+    model.eval()
+    with torch.no_grad():
+        solved = model(images)
+        model.solve = 0
+        plain = model(images)
+    assert torch.allclose(trained_colours, plain.colors, atol=1e-6)  # training never solves
+    small = torch.nn.functional.interpolate(images, size=(18, 24), mode="bilinear", antialias=True, align_corners=False)
+    for b in range(2):
+        one = solve_colours(type(plain)(*(t[b:b + 1] for t in plain)), small[b:b + 1], SOLVE_SIGMA)
+        assert torch.allclose(solved.colors[b:b + 1], one.colors, atol=1e-6)
+        assert torch.allclose(solved.background[b:b + 1], one.background, atol=1e-6)
+    assert torch.equal(solved.vertices, plain.vertices) and torch.equal(solved.opacity, plain.opacity)

@@ -69,6 +69,7 @@ class ModelConfig(Section):
     encoder: EncoderConfig = EncoderConfig()
     head: HeadConfig = HeadConfig()
     refine: int = Field(0, ge=0)  # the last `refine` triangles come from a second stage that sees the first's drawing
+    solve: int = Field(0, ge=0)  # in inference: colours solved by least squares at this longer side (px); 0 = off
 
     @model_validator(mode="after")
     def _refiner(self) -> "ModelConfig":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..colours import solve_colours
 from ..config import RenderConfig
 from ..init import resolve_background
 from ..raster import Renderer, make_renderer
@@ -14,6 +15,7 @@ from .encoder import build_encoder
 from .head import TriangleHead
 
 DRAFT_SIGMA = 0.5  # pixels of the encoder-sized drawing the second stage sees
+SOLVE_SIGMA = 0.3  # pixels: coverage edges close to the hard, anti-aliased ones of the exported drawing
 
 
 class TriangleModel(nn.Module):
@@ -42,6 +44,7 @@ class TriangleModel(nn.Module):
             self._renderers: dict[str, Renderer] = {}  # one per device the model runs on
         self.learn_background = cfg.triangles.learn_background
         self.background = cfg.triangles.background
+        self.solve = cfg.model.solve
 
     def _renderer(self, device: torch.device) -> Renderer:
         if str(device) not in self._renderers:
@@ -72,7 +75,24 @@ class TriangleModel(nn.Module):
             more = self.refiner(self.refine_encoder(torch.cat([x, draft, x - draft], dim=1)), colours)
             scene = Scene(torch.cat([scene.vertices, more.vertices], 1), torch.cat([scene.colors, more.colors], 1),
                           torch.cat([scene.opacity, more.opacity], 1), scene.background)
+        if self.solve and not self.training and not images.is_meta:
+            scene = self._solved(scene, images)
         return scene
+
+    def _solved(self, scene: Scene, images: torch.Tensor) -> Scene:
+        """The colours (and a learnt background) that best draw each image for the predicted shapes
+        and opacities, by least squares (colours.py), the image downscaled to `solve` px on its
+        longer side; one image at a time, which bounds the memory of the coverage weights."""
+        height, width = images.shape[-2:]
+        scale = min(1.0, self.solve / max(height, width))
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        small = images if size == (height, width) else nn.functional.interpolate(
+            images, size=size, mode="bilinear", antialias=True, align_corners=False)
+        parts = [solve_colours(Scene(*(t[b:b + 1] for t in scene)), small[b:b + 1], SOLVE_SIGMA)
+                 for b in range(images.shape[0])]
+        colours = torch.cat([p.colors for p in parts])
+        background = torch.cat([p.background for p in parts]) if self.learn_background else scene.background
+        return scene._replace(colors=colours, background=background)
 
 
 def memory_bytes(cfg: ModelRunConfig, batch: int, training: bool) -> int:
