@@ -356,7 +356,8 @@ def fit(image: ImageLike, config: str | Path | Config | None = None, *, out: str
     `overrides` maps dotted config keys to values (like --set), and the keyword shortcuts set
     the common ones (a `time_limit` without `iterations` bounds the run by time alone;
     `init="model"` starts from a trained model's prediction, the shipped "default" unless `model`
-    names another, with its triangle count). With `out`, a run folder is written as by the
+    or the config names another, with its triangle count unless `triangles` or `overrides` give
+    one). With `out`, a run folder is written as by the
     command line (a new name is taken if it exists, unless `overwrite`); without it nothing is
     written."""
     if model is not None and init not in (None, "model"):
@@ -371,7 +372,7 @@ def fit(image: ImageLike, config: str | Path | Config | None = None, *, out: str
     if init == "model" or model is not None:  # the model named, else the config's, else the shipped one
         chosen = model or cfg.triangles.model or "default"
         start = {"triangles.init": "model", "triangles.model": chosen}
-        if "count" not in cfg.triangles.model_fields_set:  # no count asked for: the model's own
+        if triangles is None and "triangles.count" not in (overrides or {}):  # the model's own count, as the CLI
             start["triangles.count"] = load_model(chosen)[0].count
         cfg = load_config(cfg, values=start, values_source="fit()")
     elif init is not None:

@@ -19,22 +19,28 @@ import os
 import platform
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import __version__
 from ..errors import ArgumentParser, UserError, one_line_errors
-from ..io import write_atomic, write_json
+from ..export import rasterize_svg, scene_to_dict, svg_from_dict
+from ..io import load_image, write_atomic, write_json
+from ..metrics import image_quality
 from ..provenance import commit, cpu_name
 from .predict import SHIPPED, load_model
 from .record import read_model_checkpoint
 
 
-def ship(folder: Path, name: str, data: str, command: str, into: Path = SHIPPED) -> dict:
+def ship(folder: Path, name: str, data: str, command: str, into: Path = SHIPPED, solve: int | None = None) -> dict:
     """Copy the finished training in `folder` into `into` as NAME.pt with its card NAME.json;
-    returns the card."""
+    returns the card. `solve` sets model.solve of the shipped copy (colours by least squares in
+    inference); the card then also holds the validation of the shipped copy as it predicts."""
     path = folder / "checkpoint.pt"
     load_model(path)  # every check a user's load makes
     state = read_model_checkpoint(path, torch.device("cpu"))
+    if solve is not None:
+        state["config"] = {**state["config"], "model": {**state["config"]["model"], "solve": solve}}
     summary = json.loads((folder / "summary.json").read_text())
     if not summary.get("completed"):
         raise UserError(f"{folder}: the training did not finish (summary.json: completed is false)")
@@ -64,12 +70,28 @@ def ship(folder: Path, name: str, data: str, command: str, into: Path = SHIPPED)
         "threads": summary["threads"],
         "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs",  # of this shipping; the training's is the same
         "date": datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).strftime("%Y-%m-%d"),
-        "commit": commit(),
-        "validation": {"metrics_on": summary["metrics_on"], **history[-1]},
+        "shipped_from_commit": commit(),  # the training's own commit is in `command`
+        "validation": {"metrics_on": summary["metrics_on"], "during_training": True, **history[-1]},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "triangulate_ai": __version__},
     }
+    if solve is not None:
+        card["validation_shipped"] = validate(into / f"{name}.pt", state["split"]["val"])
     write_json(into / f"{name}.json", card)
     return card
+
+
+def validate(path: Path, images: list[str]) -> dict:
+    """The shipped copy's one-pass scores on the validation pictures, whole, as training validated
+    them (the hard-edged drawing; means over the pictures)."""
+    model, cfg = load_model(path)
+    scores = []
+    for image in images:
+        target = load_image(image, cfg.data.max_size).colour
+        with torch.no_grad():
+            scene = model(torch.from_numpy(target).permute(2, 0, 1)[None])
+        drawing = rasterize_svg(svg_from_dict(scene_to_dict(scene, *target.shape[:2])))
+        scores.append(image_quality(drawing, target))
+    return {key: float(np.mean([s[key] for s in scores])) for key in scores[0]} | {"pictures": len(scores)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="the name it loads by (e.g. default)")
     parser.add_argument("--data", required=True, help="what it was trained and validated on, for the card")
     parser.add_argument("--command", required=True, help="the command that trained it, for the card")
+    parser.add_argument("--solve", type=int, help="model.solve of the shipped copy (px; colours by least squares)")
     args: argparse.Namespace = parser.parse_args(argv)
 
     def run() -> int:
-        card = ship(args.folder, args.name, args.data, args.command)
+        card = ship(args.folder, args.name, args.data, args.command, solve=args.solve)
         print(json.dumps(card, indent=2))
         return 0
 
