@@ -195,15 +195,15 @@ class LpipsTermConfig(LpipsConfig):
 
 
 class SsimTermConfig(TermConfig):
-    window: int = Field(11, ge=3)  # side of the Gaussian window (odd)
+    win_size: int = Field(11, ge=3)  # side of the Gaussian window (odd)
     sigma: float = Field(1.5, gt=0)
 
-    @field_validator("window")
+    @field_validator("win_size")
     @classmethod
-    def _odd(cls, window: int) -> int:
-        if window % 2 == 0:
-            raise ValueError("window must be odd (a window centred on its pixel)")
-        return window
+    def _odd(cls, size: int) -> int:
+        if size % 2 == 0:
+            raise ValueError("win_size must be odd (a window centred on its pixel)")
+        return size
 
 
 class MsSsimTermConfig(SsimTermConfig):

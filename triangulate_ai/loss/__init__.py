@@ -11,7 +11,8 @@ from .terms import L1, L2, LossTerm
 
 TERMS: dict[str, Callable[[Any], LossTerm]] = {
     "l1": lambda cfg: L1(), "l2": lambda cfg: L2(),
-    "ssim": lambda cfg: SSIM(cfg.window, cfg.sigma), "ms_ssim": lambda cfg: MSSSIM(cfg.window, cfg.sigma, cfg.scales),
+    "ssim": lambda cfg: SSIM(cfg.win_size, cfg.sigma),
+    "ms_ssim": lambda cfg: MSSSIM(cfg.win_size, cfg.sigma, cfg.scales),
     "vgg": VGGPerceptual, "lpips": LPIPSTerm}
 
 

@@ -1,0 +1,40 @@
+"""Figures in the README and docs come from the committed bench results: each table shows the
+values of its JSON, so no stale figure can land."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def _mean(run: dict, key: str) -> float:
+    return sum(row[key] for row in run["rows"]) / len(run["rows"])
+
+
+def test_fit_quality_figures_are_those_of_quality_json():
+    quality = json.loads((RESULTS / "quality.json").read_text())
+    primitive = json.loads((RESULTS / "primitive.json").read_text())["mean"]
+    readme, page = (ROOT / "README.md").read_text(), (ROOT / "docs" / "quality.md").read_text()
+    for run in quality["runs"]:
+        psnr, reference = _mean(run, "psnr"), primitive[str(run["triangles"])]["psnr"]
+        for text in (readme, page):
+            assert f"**{psnr:.2f}**" in text and f"**{psnr - reference:+.2f}**" in text, run["triangles"]
+        assert " | ".join(f"{row['psnr']:.2f}" for row in run["rows"]) in page
+    assert quality["date"][:10] in readme and quality["date"] in page and quality["commit"] in page
+
+
+def test_model_figures_are_those_of_model_json_and_the_card():
+    model = json.loads((RESULTS / "model.json").read_text())
+    card = json.loads((ROOT / "triangulate_ai" / "models" / "default.json").read_text())
+    readme, page = (ROOT / "README.md").read_text(), (ROOT / "docs" / "model.md").read_text()
+    one = model["one_pass"]
+    assert f"**{one['psnr']:.2f}** in {one['ms_model']:.0f} ms" in readme
+    assert f"**{one['psnr']:.2f} dB** / {one['ssim']:.3f}" in page and f"{one['ms_model_svg']:.1f} with the SVG" in page
+    for start in ("model", "quality"):
+        fits = model["fits"][start]
+        assert " / ".join(f"{fits[b]['mean_psnr']:.2f}" for b in ("2", "5", "15")) in page
+    assert f"{card['validation']['psnr']:.2f} dB at the end" in page
+    assert model["commit"] in page and model["date"] in page
