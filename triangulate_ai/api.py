@@ -187,7 +187,26 @@ class Run:
     folder (or kept in memory) exactly as a fit of that scene alone would be.
 
     Everything that can be wrong with the input (images, config values, memory, networks, the
-    folders, checkpoints to resume) is checked before the first file is written."""
+    folders, checkpoints to resume) is checked before the first file is written.
+
+    Args:
+        cfg: the fit's Config (its image.path, unless `image` is given).
+        folder: the run folder, or None to keep everything in memory.
+        resume: continue the run in `folder` from its checkpoint.
+        overwrite: replace an existing run folder instead of taking a free name.
+        image: an already loaded TargetImage.
+        on_warning: called with each warning sign as it is raised.
+
+    Example:
+        >>> from triangulate_ai import load_config
+        >>> run = Run(load_config("configs/quickstart.yaml", values={"image.path": "examples/kodim23.png",
+        ...                                                         "triangles.count": 10}))
+        >>> step = run.fitter.train_step()
+        >>> sorted(step.losses), run.fitter.step
+        (['l2'], 1)
+        >>> run.execute().metrics["iterations"] == run.cfg.optim.iterations
+        True
+    """
 
     def __init__(self, cfg: Config, folder: Path | None = None, *, resume: bool = False, overwrite: bool = False,
                  image: TargetImage | None = None, on_warning: Callable[[dict], None] = lambda warning: None) -> None:
@@ -350,16 +369,37 @@ def fit(image: ImageLike, config: str | Path | Config | None = None, *, out: str
         triangles: int | None = None, iterations: int | None = None, time_limit: float | None = None,
         target_psnr: float | None = None, seed: int | None = None, device: str | None = None,
         init: str | None = None, model: str | None = None) -> FitResult:
-    """Fit `image` (a path, an (H, W, 3|4) array or a PIL image) with triangles.
+    """Fit an image with triangles, as `train.py` does.
 
-    `config` is a YAML file, a Config, or None for the defaults of configs/base.yaml;
-    `overrides` maps dotted config keys to values (like --set), and the keyword shortcuts set
-    the common ones (a `time_limit` without `iterations` bounds the run by time alone;
-    `init="model"` starts from a trained model's prediction, the shipped "default" unless `model`
-    or the config names another, with its triangle count unless `triangles` or `overrides` give
-    one). With `out`, a run folder is written as by the
-    command line (a new name is taken if it exists, unless `overwrite`); without it nothing is
-    written."""
+    Args:
+        image: a path, an (H, W, 3|4) array (uint8, uint16 or floats in [0, 1]) or a PIL image.
+        config: a YAML file, a Config, or None for the defaults of configs/base.yaml.
+        out: a run folder to write (a free name is taken if it exists, unless `overwrite`);
+            None writes nothing.
+        overrides: dotted config keys to values, like --set.
+        progress: show a progress bar.
+        triangles, iterations, time_limit, target_psnr, seed, device: shortcuts for the config
+            keys of those names (a `time_limit` without `iterations` bounds the run by time alone).
+        init: the initialiser; "model" starts from a trained model's prediction, the shipped
+            "default" unless `model` or the config names another, with the model's triangle count
+            unless `triangles` or `overrides` give one.
+        model: a shipped model's name, a model checkpoint or a training folder (implies init="model").
+
+    Returns:
+        A FitResult: `scene`, `image` (the hard-edged drawing the metrics describe), `soft`,
+        `target`, `metrics` (what summary.json holds), `folder`, `to_dict()`, `svg()`, `save_*()`.
+
+    Raises:
+        UserError: bad input (one line naming it); FitFailed: a loss became NaN (its `result` holds
+        the last good step).
+
+    Example:
+        >>> result = fit("examples/kodim23.png", triangles=20, iterations=5, overrides={"eval.lpips": None})
+        >>> result.metrics["iterations"], len(result.to_dict()["triangles"])
+        (5, 20)
+        >>> result.metrics["psnr"] > result.metrics["psnr_flat_mean"]
+        True
+    """
     if model is not None and init not in (None, "model"):
         raise UserError(f"fit(): model={model!r} is a starting point: it goes with init='model', not {init!r}")
     values = {SHORTCUTS[name]: value for name, value in
@@ -396,7 +436,28 @@ def fit(image: ImageLike, config: str | Path | Config | None = None, *, out: str
 
 def render(scene: Scene | TriangleSet, height: int, width: int, *, backend: str = "auto", sigma: float = 0.3,
            return_alpha: bool = False):
-    """Draw triangles with the soft renderer: (B, 3, H, W) colour (and (B, 1, H, W) alpha)."""
+    """Draw triangles with the soft renderer, at any size.
+
+    Args:
+        scene: a Scene or a TriangleSet (B scenes; vertices in canvas units, so any size works).
+        height, width: the picture's size in pixels.
+        backend: "auto" (the fused kernel on CPU), "torch", "fused", "reference", "triton" or "nvdiffrast".
+        sigma: the edges' softness in pixels.
+        return_alpha: also return the accumulated alpha.
+
+    Returns:
+        (B, 3, H, W) colour in [0, 1], and (B, 1, H, W) alpha when asked.
+
+    Example:
+        >>> import torch
+        >>> one = Scene(torch.tensor([[[[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]]]), torch.tensor([[[1.0, 0.0, 0.0]]]),
+        ...             torch.ones(1, 1), torch.zeros(1, 3))
+        >>> image = render(one, 8, 8)
+        >>> image.shape, round(float(image[0, 0, 1, 1]), 3), round(float(image[0, 0, 6, 6]), 3)
+        (torch.Size([1, 3, 8, 8]), 0.993, 0.0)
+
+        Pixel (1, 1)'s centre lies 1.5 px inside the left edge: sigmoid(1.5 / 0.3) = 0.993.
+    """
     if isinstance(scene, TriangleSet):
         scene = scene.scene()
     try:
@@ -408,7 +469,24 @@ def render(scene: Scene | TriangleSet, height: int, width: int, *, backend: str 
 
 
 def load_triangles(path: str | Path) -> Scene:
-    """A Scene (B = 1) from a triangles.json file, e.g. to render it at another size."""
+    """Read an exported triangles.json back, e.g. to render it at another size.
+
+    Args:
+        path: a triangles.json file (the documented schema, version 1).
+
+    Returns:
+        A Scene with B = 1, in canvas units.
+
+    Raises:
+        UserError: the file is missing or not a triangles.json.
+
+    Example:
+        >>> result = fit("examples/kodim23.png", triangles=10, iterations=2, overrides={"eval.lpips": None})
+        >>> import tempfile, pathlib
+        >>> path = result.save_json(pathlib.Path(tempfile.mkdtemp()) / "triangles.json")
+        >>> load_triangles(path).vertices.shape
+        torch.Size([1, 10, 3, 2])
+    """
     try:
         data = json.loads(Path(path).read_text())
         verts = torch.tensor([t["vertices"] for t in data["triangles"]], dtype=torch.float32).reshape(-1, 3, 2)

@@ -474,9 +474,31 @@ class Config(Section):
 def load_config(path: str | Path | Config | None = None, overrides: list[str] | tuple[str, ...] = (),
                 values: dict[str, Any] | None = None, values_source: str = "command line",
                 schema: type[Config] = Config) -> Config:
-    """Defaults <- YAML file (with its `extends` chain) or a Config <- `--set key=value` overrides
-    <- `values` (dotted keys set by other command-line options, such as --image). `schema` is the
-    Config class to validate against (a subclass adds sections, e.g. the model training's)."""
+    """A validated config from layers, later ones winning: the defaults, a YAML file (with its
+    `extends` chain) or a Config, `--set key=value` overrides, then `values`.
+
+    Args:
+        path: a YAML file, a Config, or None for the defaults.
+        overrides: "dotted.key=value" strings, values read as YAML (like --set).
+        values: dotted keys to values (what other options set, such as --image).
+        values_source: how errors name `values`.
+        schema: the Config class to validate against (a subclass adds sections).
+
+    Returns:
+        The Config.
+
+    Raises:
+        UserError: one line naming the file (or --set), the key, the value and what is wrong.
+
+    Example:
+        >>> cfg = load_config("configs/quickstart.yaml", ["render.sigma=0.5"], {"triangles.count": 50})
+        >>> cfg.render.sigma, cfg.triangles.count
+        (0.5, 50)
+        >>> load_config(None, ["triangles.cuont=5"])
+        Traceback (most recent call last):
+        ...
+        triangulate_ai.errors.UserError: --set: unknown key 'triangles.cuont'; did you mean 'count'?
+    """
     if isinstance(path, Config):
         layers = [(path.dump(), "<Config object>")]
     else:

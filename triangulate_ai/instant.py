@@ -46,13 +46,33 @@ class _Item:
 def predict(images: ImageLike | Sequence[ImageLike], model: str | Path = "default", *,
             out: str | Path | None = None, overwrite: bool = False, max_size: int = 256, batch_size: int = 16,
             device: str = "auto", progress: bool = False) -> list[Triangulation]:
-    """The model's one-pass triangles for each image (a path, an (H, W, 3|4) array or a PIL image,
-    or a list of them), each as a Triangulation whose metrics describe its hard-edged drawing.
+    """Triangulate images in one pass with a trained model: no fitting.
 
-    `model` is a shipped model's name ("default"), a model checkpoint or a training folder. With
-    `out`, each image gets a run folder: `out` itself for one image, `out/<name>` for several
-    (a free name is taken when one exists, unless `overwrite`). Images are downscaled so their
-    longer side is at most `max_size` (0 keeps them), as fits do."""
+    Args:
+        images: a path, an (H, W, 3|4) array or a PIL image, or a list of them.
+        model: a shipped model's name ("default"), a model checkpoint or a training folder.
+        out: write each image's run folder (config.yaml, triangles.json/.svg, final.png,
+            compare.png, summary.json): `out` itself for one image, `out/<name>` for a list.
+        overwrite: replace existing folders instead of taking free names.
+        max_size: images are downscaled so their longer side is at most this (0 keeps them).
+        batch_size: images of one working size predicted together.
+        device: "auto", "cpu" or "cuda".
+        progress: show a progress bar.
+
+    Returns:
+        One Triangulation per image, in order: `scene`, `image` (the hard-edged drawing),
+        `target`, `metrics` (PSNR, SSIM, colour shift, milliseconds), `folder`, `to_dict()`, `svg()`.
+
+    Raises:
+        UserError: an unreadable image, an unknown model, a file that is not a model checkpoint.
+
+    Example:
+        >>> drawing = predict("examples/kodim23.png")[0]
+        >>> len(drawing.to_dict()["triangles"]), drawing.image.shape
+        (100, (171, 256, 3))
+        >>> drawing.metrics["psnr"] > drawing.metrics["psnr_flat_mean"] + 3
+        True
+    """
     many = isinstance(images, (list, tuple))
     sources = list(images) if many else [images]
     cfg = load_config(None, values={"image.max_size": max_size, "device": device}, values_source="predict()")

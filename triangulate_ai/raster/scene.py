@@ -15,6 +15,13 @@ class Scene(NamedTuple):
     colors:     (B, T, 3) RGB in [0, 1].
     opacity:    (B, T) in [0, 1].
     background: (B, 3) RGB in [0, 1].
+
+    Example:
+        >>> import torch
+        >>> scene = Scene(torch.tensor([[[[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]]]), torch.ones(1, 1, 3),
+        ...               torch.ones(1, 1), torch.zeros(1, 3))
+        >>> scene.to_pixels(100, 200)[0, 0].tolist()
+        [[0.0, 0.0], [200.0, 0.0], [0.0, 100.0]]
     """
 
     vertices: torch.Tensor
