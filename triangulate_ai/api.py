@@ -33,7 +33,8 @@ from .metrics import Evaluator
 from .model.predict import load_model, predicted_triangles
 from .raster import Scene, make_renderer
 from .result import Triangulation
-from .run import CHECKPOINT, OUTPUTS, RunRecorder, check_recorder_state, load_scene_states, read_checkpoint
+from .run import OUTPUTS, RunRecorder, check_recorder_state, load_scene_states, read_checkpoint
+from .runfolder import CHECKPOINT
 from .triangles import TriangleSet
 
 ImageLike = str | Path | np.ndarray | Image.Image

@@ -23,7 +23,7 @@ from .instant import instant_items, predict_all
 from .io import TargetImage, expand_images, load_image, write_atomic
 from .model.predict import load_model
 from .progress import ProgressBar, print_warning
-from .run import CHECKPOINT
+from .runfolder import CHECKPOINT
 from .stop import StopRequest
 
 DEFAULT_BATCH = 8  # scenes per launch; see the README's batching figures

@@ -13,17 +13,14 @@ from typing import Callable, Protocol
 import torch
 
 from .checkpoints import number, optimizer_state
-from .config import BALANCER_OPTIONS, Config, RegularizerConfig
+from .config import Config
 from .densify import Densifier
 from .errors import UserError
 from .init import initial_triangles
 from .triangles import TriangleSet
-from .loss import build_terms
-from .loss.balance import BalanceContext, build_balancer
-from .loss.modifiers import build_pipeline
-from .regularizer import TriangleRegularizer
+from .loss.balance import BalanceContext
+from .objective import Objective
 from .raster import make_renderer
-from .schedule import Schedules
 
 
 def non_finite_message(name: str, value: float, step: int) -> str:
@@ -80,11 +77,7 @@ class Fitter:
                               torch.Generator().manual_seed(seed))
             for b, seed in enumerate(self.seeds)]).to(target.device)
         self.renderer = make_renderer(cfg.render, target.device)
-        self.terms = build_terms(cfg.loss)
-        for name, term in self.terms.items():
-            term.prepare(target.device, target.dtype)
-            check_term(name, term, target, mask)
-        self.balancer = build_balancer(cfg.loss, self.batch).to(target.device)
+        self.objective = Objective(cfg, self.batch, target, mask)
         groups = self.triangles.param_groups(cfg.optim.lr.model_dump())
         balancer_params = self.balancer.loop_parameters()
         if balancer_params:
@@ -94,9 +87,9 @@ class Fitter:
         if cfg.loss.shared_params == "all":
             shared += [self.triangles.color_logits, self.triangles.opacity_logits]
         self.context = BalanceContext(shared_params=shared, iterations=cfg.optim.iterations or 0)
-        self.regularizer = TriangleRegularizer(cfg.regularizer)
-        self.modifiers = build_pipeline(cfg.modifiers)
-        self.schedules = Schedules(cfg.schedules, {path: self._setter(path) for path in cfg.schedules})
+        lrs = {f"optim.lr.{group['name']}": self._lr_setter(group) for group in self.optimizer.param_groups}
+        self.schedules = self.objective.schedules(
+            self.renderer, lrs, f"optim.lr.<{'|'.join(g['name'] for g in self.optimizer.param_groups)}>")
         self.densifier = Densifier(cfg, self.triangles, self.seeds)
         self.step = 0
         self.elapsed = 0.0  # seconds spent in run(), across resumes
@@ -128,17 +121,33 @@ class Fitter:
             return "time_limit"
         return None
 
-    def _setter(self, path: str) -> Callable[[float], None]:
-        """How a scheduled config path reaches the live object that uses it."""
-        parts = path.split(".")
-        groups = {group["name"]: group for group in self.optimizer.param_groups}
-        if parts[:2] == ["optim", "lr"] and len(parts) == 3 and parts[2] in groups:
-            return lambda v: groups[parts[2]].__setitem__("lr", v)
-        setter = part_setter(path, self.cfg, self.renderer, self.balancer, self.regularizer, self.modifiers)
-        if setter is None:
-            raise UserError(f"schedules: '{path}' cannot be scheduled; schedulable: optim.lr.<{'|'.join(groups)}>, "
-                            f"{SCHEDULABLE_PARTS.format(loss_type=self.cfg.loss.type)}")
-        return setter
+    @staticmethod
+    def _lr_setter(group: dict) -> Callable[[float], None]:
+        return lambda v: group.__setitem__("lr", v)
+
+    @property
+    def terms(self) -> dict:
+        return self.objective.terms
+
+    @terms.setter
+    def terms(self, terms: dict) -> None:
+        self.objective.terms = terms
+
+    @property
+    def balancer(self):
+        return self.objective.balancer
+
+    @balancer.setter
+    def balancer(self, balancer) -> None:
+        self.objective.balancer = balancer
+
+    @property
+    def regularizer(self):
+        return self.objective.regularizer
+
+    @property
+    def modifiers(self):
+        return self.objective.modifiers
 
     def render(self) -> torch.Tensor:
         return self.renderer(self.triangles.scene(), self.height, self.width)
@@ -164,13 +173,13 @@ class Fitter:
         terms = TermGradients(pred, image, losses, self._shared()) if per_term else None
         inputs = {name: value.detach().requires_grad_(True) for name, value in losses.items()} if per_term else losses
         context = replace(self.context, term_norms=terms.norm) if terms is not None else self.context
-        total = self.balancer(inputs, self.step, context, active=active)
+        total = self.objective.combine(inputs, self.step, context, active=active)
         weights = self.balancer.get_loss_weights()  # as used by this step, before any update
         grad_norms = {name: terms.norm(name).tolist() for name in losses} if logged else None
         regularizer = None
-        if self.regularizer.weight > 0:  # outside the balancer: it is not an image loss
-            penalty = self.regularizer(self.triangles.positions, self.height, self.width, ~self.densifier.parked.to(
-                pred.device))
+        penalty = self.objective.penalty(self.triangles.positions, self.height, self.width,
+                                         ~self.densifier.parked.to(pred.device))
+        if penalty is not None:  # outside the balancer: it is not an image loss
             regularizer = penalty.tolist()
             total = total + self.regularizer.weight * torch.where(active, penalty, torch.zeros_like(penalty))
         for b in torch.nonzero(self.active & ~torch.isfinite(total.detach().cpu())).flatten().tolist():
@@ -255,7 +264,7 @@ class Fitter:
         self._stop({scene: reason}, reason)
 
     def compute_losses(self, pred: torch.Tensor) -> dict[str, torch.Tensor]:
-        return term_losses(self.terms, self.modifiers, pred, self.target, self.mask, self.step)
+        return self.objective.losses(pred, self.target, self.mask, self.step)
 
     def _shared(self) -> list[torch.Tensor]:
         return [p for p in self.context.shared_params if p.requires_grad]
@@ -359,46 +368,6 @@ class TermGradients:
         return torch.where(active.view(-1, *[1] * (out.dim() - 1)), out, torch.zeros_like(out))
 
 
-SCHEDULABLE_PARTS = ("render.sigma, loss.<option of loss.type {loss_type}>, loss.terms.<term>.weight (fixed, dynamic), "
-                     "regularizer.<weight|min_area|min_quality|margin>, modifiers.target_smoothing.sigma, "
-                     "modifiers.edge.strength (when enabled)")
-
-
-def part_setter(path: str, cfg: Config, renderer, balancer, regularizer: TriangleRegularizer,
-                modifiers) -> Callable[[float], None] | None:
-    """How a scheduled path reaches the render, balancer, regulariser or a modifier: the parts a
-    per-image fit and a model's training share (each adds its own learning rates). None when the
-    path is none of them."""
-    parts = path.split(".")
-    if path == "render.sigma":
-        return lambda v: setattr(renderer, "sigma", v)
-    if len(parts) == 2 and parts[0] == "loss" and parts[1] in BALANCER_OPTIONS[cfg.loss.type]:
-        return lambda v: setattr(balancer, parts[1], v)
-    term_weights = getattr(balancer, "term_weights", None)
-    if len(parts) == 4 and parts[:2] == ["loss", "terms"] and parts[3] == "weight" and term_weights \
-            and parts[2] in term_weights:
-        return lambda v: term_weights.__setitem__(parts[2], v)
-    if len(parts) == 2 and parts[0] == "regularizer" and parts[1] in RegularizerConfig.model_fields:
-        return lambda v: setattr(regularizer, parts[1], v)
-    modifier = next((m for m in modifiers.modifiers if len(parts) == 3 and parts[:2] == ["modifiers", m.key]
-                     and isinstance(getattr(m, parts[2], None), float)), None)
-    if modifier is not None:
-        return lambda v: setattr(modifier, parts[2], v)
-    return None
-
-
-def term_losses(terms: dict, modifiers, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
-                step: int) -> dict[str, torch.Tensor]:
-    """Every term on a render, (B,) each; through the modifier pipeline when one is on (terms with
-    a per-pixel map get it modified, all terms see the modified target)."""
-    if not modifiers.active:
-        return {name: term(pred, target, mask) for name, term in terms.items()}
-    target = modifiers.prepare_target(target, step)
-    return {name: modifiers.reduce(term.per_pixel(pred, target), pred, target, mask)
-            if hasattr(term, "per_pixel") else term(pred, target, mask)
-            for name, term in terms.items()}
-
-
 SCENE_SECTIONS = ("triangles", "optimizer", "balancer", "densifier")
 
 
@@ -446,18 +415,6 @@ def join_scenes(states: list[dict]) -> dict:
         else:
             out[key] = cat([s[key] for s in states])
     return out
-
-
-def check_term(name: str, term, target: torch.Tensor, mask: torch.Tensor | None) -> None:
-    """Score the target against itself once, so a term that cannot handle this image (too small
-    for a network's pooling, say) stops the run before it starts."""
-    try:
-        with torch.no_grad():
-            term(target, target, mask)
-    except RuntimeError as exc:
-        height, width = target.shape[-2:]
-        raise UserError(f"loss term '{name}' cannot score a {width}x{height} image: "
-                        f"{' '.join(str(exc).split())}") from None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -7,7 +7,6 @@ checkpoint so that a resumed run ends with the same files as an uninterrupted on
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import platform
@@ -27,13 +26,11 @@ from .errors import UserError
 from .loop import Fitter, StepResult
 from .io import json_text, save_png, to_uint8, write_atomic, write_json
 from .metrics import Evaluator, flat_mean_psnr, psnr_torch
-from .monitor import TensorBoardSink, WarningMonitor
+from .runfolder import CHECKPOINT, METRICS, RunFolder
 
-CHECKPOINT = "checkpoint.pt"
 OUTPUTS = ("metrics.jsonl", "tensorboard", CHECKPOINT, "final.png", "compare.png", "triangles.json", "triangles.svg",
            "progress.gif", "summary.json")  # what a fit writes into its folder besides config.yaml
 CHECKPOINT_FORMAT = "triangulate_ai.checkpoint/2"  # 2: weights_only-loadable (frames as a uint8 tensor)
-METRICS = "metrics.jsonl"
 GIF_MAX_SIDE = 256
 
 
@@ -120,7 +117,6 @@ class RunRecorder:
         self.scene = scene
         self.cfg = cfg or fitter.cfg  # this scene's own config (its image and seed) for the summary
         self.evaluator = evaluator
-        self.on_warning = on_warning
         self.target = evaluator.target  # (H, W, 3) composited target, for metrics and comparisons
         cfg = fitter.cfg
         self.log_every, self.gif_every, self.ckpt_every = cfg.log.every, cfg.log.gif_every, cfg.checkpoint.every
@@ -134,13 +130,9 @@ class RunRecorder:
         self.initial = {**{f"{k}_initial": v for k, v in self.pending[1].items()},
                         "psnr_flat_mean": flat_mean_psnr(self._mine(fitter.target))}
         self.last: StepResult | None = None
-        log = cfg.log
-        self.tb_cfg = log.tensorboard
-        self.tensorboard = TensorBoardSink(folder / "tensorboard", log.tensorboard) \
-            if log.tensorboard.enabled and folder is not None else None
-        target_variance = float(self._mine(fitter.target).var(dim=(2, 3)).mean())
-        self.monitor = WarningMonitor(log.warnings, list(fitter.terms), target_variance) \
-            if log.warnings.enabled else None
+        self.tb_cfg = cfg.log.tensorboard
+        self.files = RunFolder(folder, cfg.log, list(fitter.terms), float(self._mine(fitter.target).var(dim=(2, 3)).mean()),
+                               on_warning)
         self.final_drawing: np.ndarray | None = None  # set by finish()
         self.final_soft: np.ndarray | None = None
 
@@ -154,7 +146,7 @@ class RunRecorder:
         self.last = result
         step, done = result.step, result.step + 1
         to_jsonl = step % self.log_every == 0 or done == self.iterations
-        to_board = self.tensorboard is not None and step % self.tb_cfg.log_freq == 0
+        to_board = self.files.tensorboard is not None and step % self.tb_cfg.log_freq == 0
         evaluated = self.pending is not None and self.pending[0] == step
         if to_jsonl or to_board or evaluated or result.grad_norms or result.respawned is not None:
             record = {"step": step, **self._train_record(fitter, result)}
@@ -203,7 +195,7 @@ class RunRecorder:
 
     def _images(self, fitter: Fitter, result: StepResult) -> dict[str, np.ndarray] | None:
         every = self.tb_cfg.image_every
-        if self.tensorboard is None or not every or result.step % every:
+        if self.files.tensorboard is None or not every or result.step % every:
             return None
         render = to_numpy_image(result.render[self.scene])
         error = np.abs(render - self.target).mean(axis=-1, keepdims=True).repeat(3, axis=-1)
@@ -211,20 +203,8 @@ class RunRecorder:
 
     def _emit(self, record: dict, jsonl: bool = True, images=None, render: torch.Tensor | None = None) -> None:
         """One step's record to metrics.jsonl, TensorBoard and the warning monitor."""
-        if jsonl:
-            self._append_metrics(record)
-        if self.tensorboard is not None:
-            self.tensorboard.write(record, images)
-        if self.monitor is not None:
-            variance = None if render is None else float(render[:1].var(dim=(2, 3)).mean())
-            for warning in self.monitor.check(record, variance):
-                self.on_warning(warning)
-
-    def _append_metrics(self, record: dict) -> None:
-        if self.folder is None:
-            return
-        with open(self.folder / METRICS, "a") as handle:
-            handle.write(json_text(record) + "\n")
+        variance = None if render is None else float(render[:1].var(dim=(2, 3)).mean())
+        self.files.emit(record, jsonl, images, variance)
 
     def _elapsed_now(self) -> float:
         return self.elapsed + time.perf_counter() - self._clock
@@ -237,16 +217,13 @@ class RunRecorder:
             return
         frames = torch.from_numpy(np.stack(self.frames)) if self.frames else \
             torch.zeros(0, dtype=torch.uint8, device="cpu")
-        state = {
+        self.files.save_checkpoint({
             "format": CHECKPOINT_FORMAT,
             "fitter": fitter.state_dict(self.scene),  # this scene alone: an ordinary one-scene checkpoint
             "recorder": {"frames": frames, "elapsed": self._elapsed_now(), "initial": self.initial,
                          "warnings": json.loads(json_text(self.warnings))},  # plain Python values only
             "version": __version__,
-        }
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        write_atomic(self.folder / CHECKPOINT, buffer.getvalue())
+        })
 
     def resume(self, fitter: Fitter) -> None:
         """Restore the fitter and this recorder from the folder's checkpoint."""
@@ -262,16 +239,9 @@ class RunRecorder:
         rec = state["recorder"]
         self.frames = list(rec["frames"].cpu().numpy())
         self.elapsed, self.initial = float(rec["elapsed"]), dict(rec["initial"])
-        if self.monitor is not None:
-            self.monitor.warnings[:] = rec.get("warnings", [])
-            self.monitor.restore_seen()
         self._clock = time.perf_counter()
         self.pending = (fitter.step, self._evaluate(fitter)) if fitter.step % self.eval_every == 0 else None
-        path = self.folder / METRICS
-        if path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] < fitter.step]
-            write_atomic(path, "".join(line + "\n" for line in kept))
+        self.files.restore(rec.get("warnings", []), lambda record: record["step"] < fitter.step)
 
     # --- final outputs --------------------------------------------------------------------
     def _evaluate(self, fitter: Fitter) -> dict[str, float]:
@@ -281,7 +251,7 @@ class RunRecorder:
 
     @property
     def warnings(self) -> list[dict]:
-        return [] if self.monitor is None else list(self.monitor.warnings)
+        return self.files.warnings
 
     def finish(self, fitter: Fitter, completed: bool, device: torch.device, error: str | None = None) -> dict:
         """Write final.png, compare.png, triangles.json/.svg, progress.gif, checkpoint, summary
@@ -310,8 +280,7 @@ class RunRecorder:
         quality = self.evaluator(hard)
         soft_quality = self.evaluator(soft)
         self._emit({"step": fitter.steps_done(b), **{f"eval/{k}": v for k, v in quality.items()}})
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        self.files.close()
         cfg = fitter.cfg
         networks = cfg.network_weights()
         summary = {

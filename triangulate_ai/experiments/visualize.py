@@ -10,7 +10,8 @@ from typing import Callable
 from ..config import Config, load_config
 from ..api import check_folder
 from ..errors import ArgumentParser, UserError, one_line_errors, program_name
-from ..run import METRICS, metric_series
+from ..run import metric_series
+from ..runfolder import METRICS
 from . import landscape, plots
 
 EXAMPLES = """examples:

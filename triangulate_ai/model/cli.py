@@ -24,7 +24,7 @@ from ..io import clear_outputs, remove_temporaries, write_atomic
 from ..loop import resolve_device
 from ..metrics import Evaluator
 from ..progress import print_warning
-from ..run import CHECKPOINT
+from ..runfolder import CHECKPOINT
 from ..stop import StopRequest
 from .config import ModelRunConfig, load_model_config
 from .data import TrainCrops, data_split, validation_images

@@ -9,7 +9,6 @@ Ctrl-C or a failure, at the step reached) and holds everything to resume and to 
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import platform
@@ -21,10 +20,10 @@ import torch
 from PIL import Image
 
 from .. import __version__
-from ..io import json_text, save_png, to_uint8, write_atomic, write_json
-from ..monitor import TensorBoardSink, WarningMonitor
+from ..io import json_text, save_png, to_uint8, write_json
 from ..checkpoints import WARNING, Mismatch, conform, list_of, number, optimizer_state, read_checkpoint, record, refusal
-from ..run import CHECKPOINT, METRICS, weights_summary
+from ..run import weights_summary
+from ..runfolder import CHECKPOINT, RunFolder
 from ..metrics import psnr_torch
 from .config import ModelRunConfig
 from .data import Split
@@ -55,7 +54,7 @@ def check_training_state(state: dict, path: Path, trainer: ModelTrainer) -> None
     params = [p.detach() for group in trainer.optimizer.param_groups for p in group["params"]]
     spec = {
         "trainer": {"model": trainer.model.state_dict(), "optimizer": optimizer_state(trainer.optimizer, params),
-                    "balancer": trainer.balancer.state_dict(), "step": number(minimum=0, integer=True),
+                    "balancer": trainer.objective.balancer.state_dict(), "step": number(minimum=0, integer=True),
                     "elapsed": number(minimum=0), "steps_per_epoch": number(minimum=1, integer=True)},
         "recorder": {"history": list_of(HISTORY), "warnings": list_of(WARNING)},
         "split": {"train": list_of(str()), "val": list_of(str())},
@@ -88,23 +87,20 @@ class ModelRecorder:
     def __init__(self, folder: Path, cfg: ModelRunConfig, trainer: ModelTrainer, split: Split,
                  images: list[torch.Tensor], on_warning: Callable[[dict], None] = lambda warning: None) -> None:
         self.folder, self.cfg, self.split, self.images = folder, cfg, split, images
-        self.on_warning = on_warning
-        log = cfg.log
-        self.tensorboard = TensorBoardSink(folder / "tensorboard", log.tensorboard) if log.tensorboard.enabled else None
         # the renders' colour variance is given relative to their crops', so the target's is 1
-        self.monitor = WarningMonitor(log.warnings, list(trainer.terms), 1.0) if log.warnings.enabled else None
+        self.files = RunFolder(folder, cfg.log, list(trainer.objective.terms), 1.0, on_warning)
         self.history: list[dict] = []  # one validation summary per epoch
         self.last: ModelStep | None = None
 
     @property
     def warnings(self) -> list[dict]:
-        return [] if self.monitor is None else list(self.monitor.warnings)
+        return self.files.warnings
 
     def on_step(self, trainer: ModelTrainer, result: ModelStep) -> None:
         self.last = result
         step, log = result.step, self.cfg.log
         to_jsonl = step % log.every == 0 or result.grad_norms is not None
-        to_board = self.tensorboard is not None and step % log.tensorboard.log_freq == 0
+        to_board = self.files.tensorboard is not None and step % log.tensorboard.log_freq == 0
         if not (to_jsonl or to_board):
             return
         record = {"step": step, "epoch": round(result.epoch, 5), "time_s": round(trainer.elapsed, 3),
@@ -117,14 +113,14 @@ class ModelRecorder:
                   **{f"schedule/{k}": v for k, v in result.scheduled.items()},
                   **{f"grad_norm/{k}": v for k, v in (result.grad_norms or {}).items()}}
         if result.regularizer is not None:
-            record.update(regularizer=result.regularizer, regularizer_weight=trainer.regularizer.weight)
+            record.update(regularizer=result.regularizer, regularizer_weight=trainer.objective.regularizer.weight)
         images = None
         every = log.tensorboard.image_every
         if to_board and every and step % every == 0:
             count = min(SHEET_IMAGES, len(result.targets))
             renders = [r.permute(1, 2, 0).cpu().clamp(0, 1).numpy() for r in result.render[:count]]
             images = {"images/train": sheet(result.targets[:count].cpu(), renders)}
-        self._emit(record, jsonl=to_jsonl, images=images, variance_ratio=result.variance_ratio)
+        self.files.emit(record, jsonl=to_jsonl, images=images, variance=result.variance_ratio)
 
     def on_epoch(self, trainer: ModelTrainer, validation: Validation) -> None:
         """Log the validation, write val.png, and checkpoint."""
@@ -133,56 +129,34 @@ class ModelRecorder:
         count = min(SHEET_IMAGES, len(self.images))
         picture = sheet(self.images[:count], validation.drawings[:count])
         save_png(self.folder / "val.png", picture)
-        images = {"images/val": picture} if self.tensorboard is not None else None
-        self._emit({"step": trainer.step, "epoch": trainer.epoch, **{f"eval/{k}": v for k, v in summary.items()}},
+        images = {"images/val": picture} if self.files.tensorboard is not None else None
+        self.files.emit({"step": trainer.step, "epoch": trainer.epoch, **{f"eval/{k}": v for k, v in summary.items()}},
                    images=images)
         self.save_checkpoint(trainer)
-
-    def _emit(self, record: dict, jsonl: bool = True, images=None, variance_ratio: float | None = None) -> None:
-        if jsonl:
-            with open(self.folder / METRICS, "a") as handle:
-                handle.write(json_text(record) + "\n")
-        if self.tensorboard is not None:
-            self.tensorboard.write(record, images)
-        if self.monitor is not None and "total" in record:
-            for warning in self.monitor.check(record, variance_ratio):
-                self.on_warning(warning)
 
     # --- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self, trainer: ModelTrainer) -> None:
         """Atomic, tensors and plain values only (loads with weights_only=True)."""
-        state = {"format": MODEL_FORMAT, "config": self.cfg.dump(), "trainer": trainer.state_dict(),
-                 "recorder": {"history": self.history, "warnings": json.loads(json_text(self.warnings))},
-                 "split": self.split.names(), "version": __version__}
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        write_atomic(self.folder / CHECKPOINT, buffer.getvalue())
+        self.files.save_checkpoint({
+            "format": MODEL_FORMAT, "config": self.cfg.dump(), "trainer": trainer.state_dict(),
+            "recorder": {"history": self.history, "warnings": json.loads(json_text(self.warnings))},
+            "split": self.split.names(), "version": __version__})
 
     def restore(self, state: dict, trainer: ModelTrainer) -> None:
         """This recorder's part of a checkpoint whose trainer state is loaded; metric lines
         logged after it are dropped, so none is written twice."""
         self.history = [dict(h) for h in state["recorder"]["history"]]
-        if self.monitor is not None:
-            self.monitor.warnings[:] = state["recorder"]["warnings"]
-            self.monitor.restore_seen()
-        path = self.folder / METRICS
-        if path.exists():
-            kept = []
-            for line in path.read_text().splitlines():
-                record = json.loads(line) if line.strip() else None
-                if record is None:
-                    continue
-                is_eval = "eval/psnr" in record
-                if (is_eval and record["epoch"] <= trainer.epoch and record["step"] <= trainer.step) or \
-                        (not is_eval and record["step"] < trainer.step):
-                    kept.append(line)
-            write_atomic(path, "".join(line + "\n" for line in kept))
+
+        def before(record: dict) -> bool:  # an epoch's validation is logged with the step that ends it
+            if "eval/psnr" in record:
+                return record["epoch"] <= trainer.epoch and record["step"] <= trainer.step
+            return record["step"] < trainer.step
+        self.files.restore(state["recorder"]["warnings"], before)
 
     def finish(self, trainer: ModelTrainer, stopped_by: str, error: str | None, threads: int) -> dict:
         """summary.json: how the training ended, the last validation, the history, the settings
         that qualify the numbers (random networks, threads)."""
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        self.files.close()
         networks = self.cfg.network_weights()
         summary = {
             "config": self.cfg.dump(),

@@ -19,18 +19,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..errors import UserError
 from ..export import rasterize_svg, scene_to_dict, svg_from_dict
-from ..loop import SCHEDULABLE_PARTS, check_term, non_finite_message, part_setter, term_losses
-from ..loss import build_terms
-from ..loss.balance import BalanceContext, build_balancer
+from ..loop import non_finite_message
+from ..loss.balance import BalanceContext
 from ..loss.balance.base import grad_norm
-from ..loss.modifiers import build_pipeline
 from ..memory import estimate_bytes, require
 from ..metrics import Evaluator, flat_mean_psnr
+from ..objective import Objective
 from ..raster import Scene, make_renderer
-from ..regularizer import TriangleRegularizer
-from ..schedule import Schedules
 from .config import ModelRunConfig
 from .data import TrainCrops, epoch_batches
 from .network import TriangleModel, memory_bytes
@@ -88,8 +84,8 @@ def check_training_memory(cfg: ModelRunConfig, device: torch.device) -> int:
 
 
 class ModelTrainer:
-    """Owns the network, renderer, terms, balancer (B = 1), regulariser, modifiers, schedules and
-    the AdamW optimiser (the network's weights and the balancer's learnable ones)."""
+    """Owns the network, renderer, the objective (its balancer with B = 1), schedules and the AdamW
+    optimiser (the network's weights and the balancer's learnable ones)."""
 
     def __init__(self, cfg: ModelRunConfig, device: torch.device, steps_per_epoch: int) -> None:
         self.cfg, self.device = cfg, device
@@ -99,22 +95,18 @@ class ModelTrainer:
         torch.manual_seed(cfg.seed)
         self.model = TriangleModel(cfg).to(device)  # loads the encoder's starting weights: may stop here
         self.renderer = make_renderer(cfg.render, device)
-        self.terms = build_terms(cfg.loss)
         size = cfg.data.crop
         probe = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
-        for name, term in self.terms.items():
-            term.prepare(device, torch.float32)
-            check_term(name, term, probe, None)
-        self.balancer = build_balancer(cfg.loss, 1).to(device)
+        self.objective = Objective(cfg, 1, probe)  # the batch is one scene: the balancer follows the training
         groups = [{"name": "network", "params": list(self.model.parameters()), "lr": cfg.train.lr,
                    "weight_decay": cfg.train.weight_decay}]
-        if self.balancer.loop_parameters():
-            groups.append({"name": "balancer", "params": self.balancer.loop_parameters(), "lr": self.balancer.lr,
+        if self.objective.balancer.loop_parameters():
+            groups.append({"name": "balancer", "params": self.objective.balancer.loop_parameters(), "lr": self.objective.balancer.lr,
                            "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups, betas=tuple(cfg.train.betas))
-        self.regularizer = TriangleRegularizer(cfg.regularizer)
-        self.modifiers = build_pipeline(cfg.modifiers)
-        self.schedules = Schedules(cfg.schedules, {path: self._setter(path) for path in cfg.schedules})
+        network = self.optimizer.param_groups[0]
+        self.schedules = self.objective.schedules(self.renderer, {"train.lr": lambda v: network.__setitem__("lr", v)},
+                                                  "train.lr")
         self.step = 0
         self.elapsed = 0.0  # seconds of training steps, across resumes
 
@@ -122,16 +114,6 @@ class ModelTrainer:
     def epoch(self) -> int:
         """Epochs completed."""
         return self.step // self.steps_per_epoch
-
-    def _setter(self, path: str) -> Callable[[float], None]:
-        if path == "train.lr":
-            group = self.optimizer.param_groups[0]
-            return lambda v: group.__setitem__("lr", v)
-        setter = part_setter(path, self.cfg, self.renderer, self.balancer, self.regularizer, self.modifiers)
-        if setter is None:
-            raise UserError(f"schedules: '{path}' cannot be scheduled; schedulable: train.lr, "
-                            f"{SCHEDULABLE_PARTS.format(loss_type=self.cfg.loss.type)}")
-        return setter
 
     def _shared(self, scene: Scene) -> tuple[Scene, list[torch.Tensor]]:
         """The scene rebuilt from (1, -1) views of the predicted triangles: the outputs every term
@@ -152,20 +134,22 @@ class ModelTrainer:
         scene, shared = self._shared(self.model(images))
         pred = self.renderer(scene, height, width)
         losses = {name: value.mean()[None] for name, value in
-                  term_losses(self.terms, self.modifiers, pred, images, None, self.step).items()}
+                  self.objective.losses(pred, images, None, self.step).items()}
         for name, value in losses.items():
             if not torch.isfinite(value).all():
                 raise TrainingFailed(non_finite_message(name, value.item(), self.step))
-        total = self.balancer(losses, self.step, BalanceContext(shared_params=shared, iterations=self.total_steps))
-        weights = {name: float(value[0]) for name, value in self.balancer.get_loss_weights().items()}
+        total = self.objective.combine(losses, self.step, BalanceContext(shared_params=shared,
+                                                                          iterations=self.total_steps))
+        weights = {name: float(value[0]) for name, value in self.objective.balancer.get_loss_weights().items()}
         every = self.cfg.log.grad_norm_every
         grad_norms = {name: float(grad_norm(loss, shared)[0]) for name, loss in losses.items()} \
             if every and self.step % every == 0 else None
         regularizer = None
-        if self.regularizer.weight > 0:  # outside the balancer, as in a fit
-            penalty = self.regularizer(scene.vertices, height, width).mean()
+        penalty = self.objective.penalty(scene.vertices, height, width)
+        if penalty is not None:  # outside the balancer, as in a fit
+            penalty = penalty.mean()
             regularizer = penalty.item()
-            total = total + self.regularizer.weight * penalty
+            total = total + self.objective.regularizer.weight * penalty
         if not torch.isfinite(total).all():
             raise TrainingFailed(non_finite_message("total", total.item(), self.step))
         self.optimizer.zero_grad(set_to_none=True)
@@ -209,7 +193,7 @@ class ModelTrainer:
             height, width = chunk.shape[-2:]
             scene = self.predict(chunk)
             soft = self.renderer(scene, height, width)
-            for name, value in term_losses(self.terms, self.modifiers, soft, chunk, None, self.step).items():
+            for name, value in self.objective.losses(soft, chunk, None, self.step).items():
                 losses.setdefault(name, []).append(value.cpu())
             drawings += [rasterize_svg(svg_from_dict(scene_to_dict(scene, height, width, index=b)))
                          for b in range(len(chunk))]
@@ -224,7 +208,7 @@ class ModelTrainer:
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "balancer": self.balancer.state_dict(), "step": self.step, "elapsed": self.elapsed,
+                "balancer": self.objective.balancer.state_dict(), "step": self.step, "elapsed": self.elapsed,
                 "steps_per_epoch": self.steps_per_epoch}
 
     def load_state_dict(self, state: dict) -> None:
@@ -233,7 +217,7 @@ class ModelTrainer:
                              f"{self.steps_per_epoch} (data.crops_per_image, train.batch_size or the images changed)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.balancer.load_state_dict(state["balancer"])
+        self.objective.balancer.load_state_dict(state["balancer"])
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
 
