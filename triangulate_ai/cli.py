@@ -20,7 +20,7 @@ from .config import Config, load_config
 from .errors import EXIT_INTERRUPTED, ArgumentParser, UserError, one_line_errors, program_name
 from .loop import Fitter
 from .instant import instant_items, predict_all
-from .io import TargetImage, expand_images, load_image, write_atomic
+from .io import TargetImage, batches_by, expand_images, load_image, write_atomic
 from .model.predict import load_model
 from .progress import ProgressBar, print_warning
 from .runfolder import CHECKPOINT
@@ -292,10 +292,7 @@ def _train_many(args: argparse.Namespace, images: list[Path] | None) -> int:
 
 def plan_batches(jobs: list[Job], size: int) -> list[list[Job]]:
     """Scenes grouped by image size (a batch shares one canvas), then cut into batches of `size`."""
-    by_size: dict[tuple[int, int], list[Job]] = {}
-    for job in jobs:
-        by_size.setdefault(job.image.size, []).append(job)
-    return [group[i:i + size] for group in by_size.values() for i in range(0, len(group), size)]
+    return batches_by(jobs, lambda job: job.image.size, size)
 
 
 def _print_scene_warning(batch: list[Job]):

@@ -503,7 +503,7 @@ def load_config(path: str | Path | Config | None = None, overrides: list[str] | 
         layers = [(path.dump(), "<Config object>")]
     else:
         layers = _read_chain(Path(path), ()) if path is not None else []
-    layers += [(_nest(*_parse_override(item)), CLI) for item in overrides]
+    layers += [(_nest(*parse_override(item)), CLI) for item in overrides]
     layers += [(_nest(key, value), values_source) for key, value in (values or {}).items()]
     return _validate(layers, schema)
 
@@ -571,7 +571,8 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def _parse_override(item: str) -> tuple[str, Any]:
+def parse_override(item: str) -> tuple[str, Any]:
+    """`key.path=value` -> (key.path, the value read as YAML; text that is not YAML stays text)."""
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):

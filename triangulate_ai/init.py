@@ -7,6 +7,7 @@ import math
 import torch
 
 from .config import TrianglesConfig
+from .loss.modifiers.edge import luminance, sobel_magnitude
 from .triangles import TriangleSet
 
 
@@ -100,12 +101,8 @@ def structure_vertices(target: torch.Tensor, count: int, uniform: float, generat
 
 def edge_density(target: torch.Tensor, uniform: float) -> torch.Tensor:
     """(H, W) probabilities: (1 - uniform) x normalised Sobel magnitude + uniform / pixels."""
-    grey = (target[:, :3].float() * target.new_tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1, keepdim=True)
-    grey = torch.nn.functional.avg_pool2d(grey, 3, stride=1, padding=1, count_include_pad=False)
-    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])
-    weights = torch.stack([kx, kx.T])[:, None]
-    grad = torch.nn.functional.conv2d(torch.nn.functional.pad(grey, (1, 1, 1, 1), mode="replicate"), weights)
-    magnitude = grad.square().sum(1)[0].sqrt()
+    grey = torch.nn.functional.avg_pool2d(luminance(target.float()), 3, stride=1, padding=1, count_include_pad=False)
+    magnitude = sobel_magnitude(grey)[0, 0]
     total = float(magnitude.sum())
     edges = magnitude / total if total > 0 else torch.full_like(magnitude, 1 / magnitude.numel())
     return (1 - uniform) * edges + uniform / magnitude.numel()

@@ -11,11 +11,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Hashable, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
+
+Item = TypeVar("Item")
 
 
 @dataclass
@@ -258,3 +261,12 @@ def expand_images(items: list[str], option: str = "--image") -> list[Path]:
         else:
             found.append(path)
     return list(dict.fromkeys(found))
+
+
+def batches_by(items: list[Item], key: Callable[[Item], Hashable], size: int) -> list[list[Item]]:
+    """`items` grouped by `key` (those that can share one loop: one canvas size, one method), in
+    first-seen order, each group cut into batches of up to `size`."""
+    groups: dict[Hashable, list[Item]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]

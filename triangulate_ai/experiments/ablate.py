@@ -36,9 +36,9 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import Field, ValidationError
 
-from ..config import CLI, Config, Section, load_config, safe_load
+from ..config import Config, Section, load_config, parse_override, safe_load
 from ..errors import EXIT_INTERRUPTED, ArgumentParser, UserError, one_line_errors, program_name
-from ..io import expand_images, load_image, write_atomic, write_json
+from ..io import batches_by, expand_images, load_image, write_atomic, write_json
 from ..stop import StopRequest
 from .report import write_report
 
@@ -283,12 +283,10 @@ def pack(runs: list[dict], size: int) -> list[list[dict]]:
     """Tasks of up to `size` runs that can share one loop: the same method and grid values, the
     same state (fresh, or resuming: those go alone, their checkpoints may be at other steps),
     and images of one size."""
-    groups: dict[tuple, list[dict]] = {}
-    for run in runs:
+    def key(run: dict) -> tuple:
         resuming = status(Path(run["folder"])) == "resumable"
-        key = (run["method"], _image_size(run), run["folder"] if resuming else "")
-        groups.setdefault(key, []).append(run)
-    return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
+        return run["method"], _image_size(run), run["folder"] if resuming else ""
+    return batches_by(runs, key, size)
 
 
 def _image_size(run: dict) -> tuple[int, int] | None:
@@ -456,12 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _selected(cfg: AblationConfig, args: argparse.Namespace, config_path: Path) -> AblationConfig:
     """The config cut down (or re-pointed) by --methods, --seeds, --images, --set and executor options."""
-    extra = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"{CLI} {item!r}: expected key.path=value")
-        extra[key.strip()] = safe_load(value)
+    extra = dict(parse_override(item) for item in args.overrides)
     update: dict[str, Any] = {"set": {**cfg.set, **extra}}
     if args.methods:
         unknown = [m for m in args.methods if m not in cfg.methods]

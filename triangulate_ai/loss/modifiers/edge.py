@@ -15,13 +15,22 @@ _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 _LUMA = (0.299, 0.587, 0.114)
 
 
+def luminance(image: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) Rec. 601 luma of the first three channels of (B, C, H, W)."""
+    return (image[:, :3] * image.new_tensor(_LUMA)[:, None, None]).sum(dim=1, keepdim=True)
+
+
+def sobel_magnitude(grey: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) Sobel gradient magnitude of (B, 1, H, W), borders replicated; the edge
+    weights here and the structure initialiser's edge density both read it."""
+    kx = _SOBEL_X.to(grey)
+    grad = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), torch.stack([kx, kx.T])[:, None])
+    return grad.square().sum(dim=1, keepdim=True).sqrt()
+
+
 def edge_weights(target: torch.Tensor, strength: float) -> torch.Tensor:
     """(B, 1, H, W) weights with mean 1 per image."""
-    luma = (target * target.new_tensor(_LUMA)[:, None, None]).sum(dim=1, keepdim=True)
-    kx = _SOBEL_X.to(target)[None, None]
-    padded = F.pad(luma, (1, 1, 1, 1), mode="replicate")
-    gx, gy = F.conv2d(padded, kx), F.conv2d(padded, kx.transpose(2, 3))
-    magnitude = torch.sqrt(gx**2 + gy**2)
+    magnitude = sobel_magnitude(luminance(target))
     scaled = magnitude / magnitude.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
     weights = 1 + strength * scaled
     return weights / weights.mean(dim=(2, 3), keepdim=True)
