@@ -15,8 +15,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP)  # the figures in docs/ and the README, each into its committed JSON (about 1 h)
 	$(PY) bench/render.py
+	$(PY) bench/balancers.py --rounds 3 --json bench/results/balancers.json
+	$(PY) bench/quality.py --json bench/results/quality.json
+	$(PY) bench/model.py --json bench/results/model.json
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

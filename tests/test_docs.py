@@ -38,3 +38,12 @@ def test_model_figures_are_those_of_model_json_and_the_card():
         assert " / ".join(f"{fits[b]['mean_psnr']:.2f}" for b in ("2", "5", "15")) in page
     assert f"{card['validation']['psnr']:.2f} dB at the end" in page
     assert model["commit"] in page and model["date"] in page
+
+
+def test_balancer_costs_are_those_of_balancers_json():
+    bench = json.loads((RESULTS / "balancers.json").read_text())
+    page = (ROOT / "docs" / "balancing.md").read_text()
+    for method, row in bench["results"].items():
+        if method != "fixed":
+            assert f"{method} {row['over_fixed']:.2f}" in page
+    assert bench["commit"] in page and bench["date"] in page
