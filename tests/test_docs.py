@@ -47,3 +47,19 @@ def test_balancer_costs_are_those_of_balancers_json():
         if method != "fixed":
             assert f"{method} {row['over_fixed']:.2f}" in page
     assert bench["commit"] in page and bench["date"] in page
+
+
+def test_the_structural_study_report_shows_the_statistics_of_its_results_csv():
+    import csv
+
+    from triangulate_ai.experiments.statistics import COMPARED, compare
+
+    folder = ROOT / "docs" / "study" / "structural"
+    rows = [{**row, "family": row["method"], "grid": ""} for row in csv.DictReader((folder / "results.csv").open())]
+    page = (folder / "README.md").read_text()
+    assert len(rows) == 264 and all(row["status"] == "ok" for row in rows)
+    for baseline in ("fixed", "dominant"):
+        for metric, _, higher in COMPARED:
+            digits = 4 if metric == "ssim" else 2
+            for c in compare(rows, baseline, metric, higher):
+                assert f"{c.mean:+.{digits}f} [{c.low:+.{digits}f}, {c.high:+.{digits}f}]" in page, (baseline, c)
