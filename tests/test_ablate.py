@@ -173,7 +173,8 @@ def test_command_line_cuts_the_grid_down(tmp_path, capsys):
 
 
 def test_a_run_held_by_another_runner_is_skipped_and_not_touched(tmp_path, capsys):
-    from triangulate_ai.experiments.ablate import load_ablation, lock_path, plan, run_lock
+    from triangulate_ai.experiments.ablate import load_ablation, plan
+    from triangulate_ai.experiments.executors import lock_path, run_lock
 
     config = _ablation(tmp_path, "local")
     runs = plan(load_ablation(config), config, tmp_path / "out")

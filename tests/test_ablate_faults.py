@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from triangulate_ai.experiments import ablate
+from triangulate_ai.experiments import plan as plan_module
 from triangulate_ai.experiments.ablate import EXIT_INTERRUPTED, execute, load_ablation, main, plan, status
 
 from .test_ablate import ROOT, _ablation
@@ -163,4 +164,4 @@ def test_packing_does_not_crash_on_an_image_over_pillows_pixel_limit(tmp_path, m
     path = tmp_path / "a.png"
     Image.fromarray(smooth_image(32, 32)).save(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)
-    assert ablate._image_size({"sets": {"image.path": str(path)}, "config": {"image": {"max_size": 0}}}) is None
+    assert plan_module._image_size({"sets": {"image.path": str(path)}, "config": {"image": {"max_size": 0}}}) is None
