@@ -165,3 +165,20 @@ def test_packing_does_not_crash_on_an_image_over_pillows_pixel_limit(tmp_path, m
     Image.fromarray(smooth_image(32, 32)).save(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)
     assert plan_module._image_size({"sets": {"image.path": str(path)}, "config": {"image": {"max_size": 0}}}) is None
+
+
+def test_a_damaged_summary_is_a_run_to_do_again_and_a_row_that_says_so(tmp_path):
+    from triangulate_ai.experiments.report import collect
+
+    folder = tmp_path / "gm" / "a_seed0"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text('{"completed": tr')  # cut short
+    assert status(folder) == "todo"
+    (folder / "config.yaml").write_text("seed: 0\n")
+    (folder / "checkpoint.pt").write_bytes(b"")
+    assert status(folder) == "resumable"
+    run = {"method": "gm", "family": "gm", "grid": "", "image": "a", "seed": 0, "folder": str(folder)}
+    (row,) = collect([run])
+    assert row["status"] == "unreadable" and "damaged" in row["error"]
+    (folder / "summary.json").write_text("[1, 2]")  # JSON, but not a summary
+    assert status(folder) == "resumable" and collect([run])[0]["status"] == "unreadable"

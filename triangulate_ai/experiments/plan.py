@@ -98,10 +98,19 @@ def image_files(cfg: AblationConfig, root: Path) -> list[str]:
     return list(dict.fromkeys(files))
 
 
+def read_summary(folder: Path, name: str = "summary.json") -> dict | None:
+    """A run folder's summary.json (or failed.json) as a dict; None when it is absent or damaged
+    (not JSON, not an object): such a run is not finished, and is fitted or resumed again."""
+    try:
+        data = json.loads((folder / name).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def status(folder: Path) -> str:
     """finished | resumable | todo, from what the run folder holds."""
-    summary = folder / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text()).get("completed"):
+    if (read_summary(folder) or {}).get("completed"):
         return "finished"
     if (folder / "checkpoint.pt").is_file() and (folder / "config.yaml").is_file():
         return "resumable"

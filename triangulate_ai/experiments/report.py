@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from ..monitor import WARNING_KINDS  # noqa: E402
 from ..run import metric_series  # noqa: E402
+from .plan import read_summary  # noqa: E402
 from .statistics import COMPARED, Comparison, compare, per_image  # noqa: E402
 
 COLUMNS = ["method", "image", "seed", "status", "psnr", "ssim", "colour_shift", "lpips", "lpips_meaningful",
@@ -34,11 +34,10 @@ def collect(runs: list[dict]) -> list[dict]:
         folder = Path(run["folder"])
         row = {"method": run["method"], "family": run["family"], "grid": run["grid"], "image": run["image"],
                "seed": run["seed"], "folder": str(folder)}
-        summary_path, failed_path = folder / "summary.json", folder / "failed.json"
-        if failed_path.is_file():
-            row.update(status="failed", error=json.loads(failed_path.read_text()).get("error", ""))
-        elif summary_path.is_file():
-            s = json.loads(summary_path.read_text())
+        failed, s = read_summary(folder, "failed.json"), read_summary(folder)
+        if failed is not None:
+            row.update(status="failed", error=failed.get("error", ""))
+        elif s is not None and all(key in s for key in ("psnr", "ssim", "wall_time_s", "iterations")):
             kinds = [w["kind"] for w in s.get("warnings", [])]
             row.update(status="ok" if s.get("completed") else "incomplete", psnr=_psnr(s["psnr"]), ssim=s["ssim"],
                        colour_shift=s.get("colour_shift"),
@@ -46,6 +45,8 @@ def collect(runs: list[dict]) -> list[dict]:
                        random_networks=";".join(k for k, v in s.get("network_weights", {}).items() if v == "random"),
                        wall_time_s=s["wall_time_s"], iterations=s["iterations"], warnings=";".join(kinds),
                        collapse="collapsed" if "flat_collapse" in kinds else "ok", error=s.get("error") or "")
+        elif (folder / "summary.json").is_file() or (folder / "failed.json").is_file():
+            row.update(status="unreadable", error="summary.json or failed.json is damaged (not the JSON a run writes)")
         else:
             row.update(status="missing")
         rows.append(row)
