@@ -87,9 +87,9 @@ class Fitter:
         if cfg.loss.shared_params == "all":
             shared += [self.triangles.color_logits, self.triangles.opacity_logits]
         self.context = BalanceContext(shared_params=shared, iterations=cfg.optim.iterations or 0)
-        lrs = {f"optim.lr.{group['name']}": self._lr_setter(group) for group in self.optimizer.param_groups}
-        self.schedules = self.objective.schedules(
-            self.renderer, lrs, f"optim.lr.<{'|'.join(g['name'] for g in self.optimizer.param_groups)}>")
+        groups = {group["name"]: group for group in self.optimizer.param_groups}
+        self.schedules = self.objective.schedules(self.renderer, {f"optim.lr.{name}": g for name, g in groups.items()},
+                                                  f"optim.lr.<{'|'.join(groups)}>")
         self.densifier = Densifier(cfg, self.triangles, self.seeds)
         self.step = 0
         self.elapsed = 0.0  # seconds spent in run(), across resumes
@@ -120,10 +120,6 @@ class Fitter:
         if optim.time_limit is not None and self.elapsed >= optim.time_limit:
             return "time_limit"
         return None
-
-    @staticmethod
-    def _lr_setter(group: dict) -> Callable[[float], None]:
-        return lambda v: group.__setitem__("lr", v)
 
     @property
     def terms(self) -> dict:

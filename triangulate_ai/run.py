@@ -131,8 +131,8 @@ class RunRecorder:
                         "psnr_flat_mean": flat_mean_psnr(self._mine(fitter.target))}
         self.last: StepResult | None = None
         self.tb_cfg = cfg.log.tensorboard
-        self.files = RunFolder(folder, cfg.log, list(fitter.terms), float(self._mine(fitter.target).var(dim=(2, 3)).mean()),
-                               on_warning)
+        target_variance = float(self._mine(fitter.target).var(dim=(2, 3)).mean())
+        self.files = RunFolder(folder, cfg.log, list(fitter.terms), target_variance, on_warning)
         self.final_drawing: np.ndarray | None = None  # set by finish()
         self.final_soft: np.ndarray | None = None
 

@@ -1,5 +1,6 @@
-"""Ablation runner, the command line (plan.py makes the runs, executors.py runs them): a grid of fits (methods x images x seeds x other config values), each in its
-own run folder, run by a local process pool or Ray, then summarised from the run folders.
+"""Ablation runner, its command line: a grid of fits (methods x images x seeds x other config
+values), each in its own run folder (plan.py makes the runs), run by a local process pool or Ray
+(executors.py), then summarised from the run folders (report.py).
 
     triangulate-ablate --config configs/ablation/balancers.yaml
 

@@ -98,11 +98,11 @@ def image_files(cfg: AblationConfig, root: Path) -> list[str]:
     return list(dict.fromkeys(files))
 
 
-def read_summary(folder: Path, name: str = "summary.json") -> dict | None:
-    """A run folder's summary.json (or failed.json) as a dict; None when it is absent or damaged
+def read_json_object(path: Path) -> dict | None:
+    """A run folder's summary.json or failed.json as a dict; None when it is absent or damaged
     (not JSON, not an object): such a run is not finished, and is fitted or resumed again."""
     try:
-        data = json.loads((folder / name).read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -110,7 +110,7 @@ def read_summary(folder: Path, name: str = "summary.json") -> dict | None:
 
 def status(folder: Path) -> str:
     """finished | resumable | todo, from what the run folder holds."""
-    if (read_summary(folder) or {}).get("completed"):
+    if (read_json_object(folder / "summary.json") or {}).get("completed"):
         return "finished"
     if (folder / "checkpoint.pt").is_file() and (folder / "config.yaml").is_file():
         return "resumable"

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from ..monitor import WARNING_KINDS  # noqa: E402
 from ..run import metric_series  # noqa: E402
-from .plan import read_summary  # noqa: E402
+from .plan import read_json_object  # noqa: E402
 from .statistics import COMPARED, Comparison, compare, per_image  # noqa: E402
 
 COLUMNS = ["method", "image", "seed", "status", "psnr", "ssim", "colour_shift", "lpips", "lpips_meaningful",
@@ -34,7 +34,7 @@ def collect(runs: list[dict]) -> list[dict]:
         folder = Path(run["folder"])
         row = {"method": run["method"], "family": run["family"], "grid": run["grid"], "image": run["image"],
                "seed": run["seed"], "folder": str(folder)}
-        failed, s = read_summary(folder, "failed.json"), read_summary(folder)
+        failed, s = read_json_object(folder / "failed.json"), read_json_object(folder / "summary.json")
         if failed is not None:
             row.update(status="failed", error=failed.get("error", ""))
         elif s is not None and all(key in s for key in ("psnr", "ssim", "wall_time_s", "iterations")):

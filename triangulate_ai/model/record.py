@@ -131,7 +131,7 @@ class ModelRecorder:
         save_png(self.folder / "val.png", picture)
         images = {"images/val": picture} if self.files.tensorboard is not None else None
         self.files.emit({"step": trainer.step, "epoch": trainer.epoch, **{f"eval/{k}": v for k, v in summary.items()}},
-                   images=images)
+                        images=images)
         self.save_checkpoint(trainer)
 
     # --- checkpoints ----------------------------------------------------------------------

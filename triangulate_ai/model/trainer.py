@@ -100,13 +100,13 @@ class ModelTrainer:
         self.objective = Objective(cfg, 1, probe)  # the batch is one scene: the balancer follows the training
         groups = [{"name": "network", "params": list(self.model.parameters()), "lr": cfg.train.lr,
                    "weight_decay": cfg.train.weight_decay}]
-        if self.objective.balancer.loop_parameters():
-            groups.append({"name": "balancer", "params": self.objective.balancer.loop_parameters(), "lr": self.objective.balancer.lr,
+        balancer = self.objective.balancer
+        if balancer.loop_parameters():
+            groups.append({"name": "balancer", "params": balancer.loop_parameters(), "lr": balancer.lr,
                            "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups, betas=tuple(cfg.train.betas))
         network = self.optimizer.param_groups[0]
-        self.schedules = self.objective.schedules(self.renderer, {"train.lr": lambda v: network.__setitem__("lr", v)},
-                                                  "train.lr")
+        self.schedules = self.objective.schedules(self.renderer, {"train.lr": network}, "train.lr")
         self.step = 0
         self.elapsed = 0.0  # seconds of training steps, across resumes
 
