@@ -39,12 +39,13 @@ def primitive_figures() -> dict:
 
 
 def run(images: list[Path], count: int, budget: float | None, iterations: int | None, config: Path,
-        overrides: dict) -> list[dict]:
+        overrides: dict, size: int = 256) -> list[dict]:
     rows = []
     for path in images:
-        image = load_image(path, 256)
+        image = load_image(path, size)
         started = time.perf_counter()
-        result = fit(path, config=config, overrides={**overrides, "eval.lpips": None, "log.progress_bar": False},
+        result = fit(path, config=config, overrides={**overrides, "image.max_size": size, "eval.lpips": None,
+                                                 "log.progress_bar": False},
                      triangles=count, time_limit=budget, iterations=iterations)
         wall = time.perf_counter() - started
         m = result.metrics
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 500])
     parser.add_argument("--budgets", type=float, nargs="+", default=[15, 55], help="seconds, one per count")
     parser.add_argument("--iterations", type=int, help="equal steps instead of equal time")
+    parser.add_argument("--size", type=int, default=256, help="long side in pixels (Kodak's full size: 768)")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "quality.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", type=Path, help="write every figure here")
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, count in enumerate(args.counts):
         budget = None if args.iterations else args.budgets[i]
         label = f"{args.iterations} steps" if args.iterations else f"{budget:g} s"
-        rows = run(images, count, budget, args.iterations, args.config, overrides)
+        rows = run(images, count, budget, args.iterations, args.config, overrides, args.size)
         out["runs"].append({"triangles": count, "budget": label, "rows": rows})
         tables.append(table(rows, count, label, reference))
     print("\n\n".join(tables))

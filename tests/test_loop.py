@@ -183,3 +183,23 @@ def test_per_term_gradients_from_the_render_give_the_same_fit_as_a_backward_per_
         terms = TermGradients(pred, image, new.compute_losses(image), shared)
         for name, loss in new.compute_losses(pred).items():
             assert torch.allclose(terms.norm(name), grad_norm(loss, shared), rtol=1e-6)
+
+
+def test_the_positions_rate_for_a_reference_count_is_scaled_by_the_triangle_size():
+    """optim.lr.positions_count: the rate is given for that many triangles; with 4x as many (half
+    the side each) it is halved, and a schedule of it is halved the same way."""
+    sets = [QUICK[i + 1] for i in range(0, len(QUICK), 2)]
+    target = torch.from_numpy(smooth_image(32, 40).astype(np.float32) / 255).permute(2, 0, 1)[None]
+
+    def rates(*extra):
+        fitter = Fitter(load_config(None, sets + list(extra)), target, target.mean(dim=(2, 3)))
+        fitter.train_step()
+        return {g["name"]: g["lr"] for g in fitter.optimizer.param_groups}
+
+    plain = rates("triangles.count=40")
+    assert plain["positions"] == 0.01
+    scaled = rates("triangles.count=40", "optim.lr.positions_count=10")
+    assert scaled["positions"] == pytest.approx(0.005) and scaled["colors"] == plain["colors"]
+    scheduled = rates("triangles.count=40", "optim.lr.positions_count=10",
+                      "schedules={optim.lr.positions: {type: linear, start_value: 0.004, end_value: 0.0, end_step: 10}}")
+    assert scheduled["positions"] == pytest.approx(0.002)

@@ -9,6 +9,7 @@ every key with these defaults; a test keeps the two in step.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Union
@@ -91,7 +92,9 @@ class TrianglesConfig(Section):
 
 class RenderConfig(Section):
     backend: Literal["auto", "torch", "fused", "reference", "triton", "nvdiffrast"] = "auto"
-    sigma: float = Field(0.3, gt=0)
+    sigma: float = Field(0.3, gt=0)  # pixels of the working resolution
+    scale: float = Field(1.0, gt=0, le=1)  # working resolution of a fit: a share of the image's sides (a pyramid
+    #                                        when scheduled: coarse steps first, each costing a fraction)
     tile_size: int = Field(8, ge=1, le=256)
     cutoff: float = Field(1e-6, gt=0, lt=0.5)
     max_layers: int = Field(8, ge=1)
@@ -102,6 +105,13 @@ class LearningRates(Section):
     colors: float = Field(0.02, ge=0)
     opacity: float = Field(0.03, ge=0)
     background: float = Field(0.01, ge=0)
+    # `positions` is the rate for this many triangles: with N it is scaled by sqrt(positions_count / N),
+    # so a step stays the same share of a triangle's size (None: the rate as given, for any N)
+    positions_count: Optional[int] = Field(None, ge=1)
+
+    def position_factor(self, count: int) -> float:
+        """What the positions' rate (and a schedule of it) is multiplied by for `count` triangles."""
+        return 1.0 if self.positions_count is None else math.sqrt(self.positions_count / count)
 
 
 def adam_betas(betas: list[float]) -> list[float]:

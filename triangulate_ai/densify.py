@@ -60,16 +60,21 @@ class Densifier:
         return min(count, first + math.ceil((count - first) * share))
 
     def __call__(self, triangles: TriangleSet, optimizer: torch.optim.Optimizer, renderer: Renderer,
-                 target: torch.Tensor, progress: float, active: torch.Tensor | None = None) -> list[int]:
+                 target: torch.Tensor, progress: float, active: torch.Tensor | None = None,
+                 scale: float = 1.0) -> list[int]:
         """One event: pick the slots per scene, place new triangles there, move them on top.
-        Returns how many moved in each scene (stopped scenes, `active` False, are left alone)."""
+        Returns how many moved in each scene (stopped scenes, `active` False, are left alone).
+        `target` is at the working resolution, `scale` times the image's sides: the thresholds in
+        pixels of the image (min_contribution, min_area) shrink with it."""
         height, width = target.shape[-2:]
         with torch.no_grad():
             render, contribution = _render_with_contribution(triangles, renderer, height, width)
             area = _areas(triangles.positions.detach() * triangles.positions.new_tensor([width, height]))
         # weak is relative to what a triangle could cover: the same share means more pixels when
         # there are fewer triangles
-        threshold = max(self.respawn.min_contribution, self.respawn.min_share * height * width / triangles.count)
+        threshold = max(self.respawn.min_contribution * scale ** 2,
+                        self.respawn.min_share * height * width / triangles.count)
+        min_area = self.respawn.min_area * scale ** 2
         slots = []
         for b in range(triangles.batch_size):
             chosen = []
@@ -78,7 +83,7 @@ class Densifier:
                 continue
             if self.respawn.enabled and progress < self.respawn.until:
                 dead = ~self.parked[b] & ((contribution[b] < threshold)
-                                          | (area[b] < self.respawn.min_area)).cpu()
+                                          | (area[b] < min_area)).cpu()
                 limit = max(1, int(self.respawn.max_share * triangles.count))
                 order = torch.argsort(contribution[b].cpu()[dead], stable=True)[:limit]
                 chosen.append(torch.nonzero(dead).flatten()[order])

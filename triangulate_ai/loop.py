@@ -36,7 +36,8 @@ class StepResult:
     losses: dict[str, list[float]]
     total: list[float]
     weights: dict[str, list[float]]
-    render: torch.Tensor  # (B, 3, H, W), detached
+    render: torch.Tensor  # (B, 3, h, w), detached, at the working resolution (render.scale)
+    target: torch.Tensor  # (B, 3, h, w): the target at that resolution
     scheduled: dict[str, float]  # current value of every scheduled config path (shared by the scenes)
     regularizer: list[float] | None  # the triangle regulariser (unweighted), when its weight is > 0
     grad_norms: dict[str, list[float]] | None = None  # per-term gradient norm on the shared parameters
@@ -72,13 +73,16 @@ class Fitter:
         if len(self.seeds) != self.batch:
             raise ValueError(f"{len(self.seeds)} seeds for {self.batch} scenes")
         self.height, self.width = target.shape[-2:]
+        self.scale = cfg.render.scale  # working resolution, moved by a render.scale schedule
+        self._levels: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.triangles = start.to(target.device) if start is not None else TriangleSet.cat([
             initial_triangles(cfg.triangles, target[b:b + 1].cpu(), background[b:b + 1].cpu(),
                               torch.Generator().manual_seed(seed))
             for b, seed in enumerate(self.seeds)]).to(target.device)
         self.renderer = make_renderer(cfg.render, target.device)
         self.objective = Objective(cfg, self.batch, target, mask)
-        groups = self.triangles.param_groups(cfg.optim.lr.model_dump())
+        factor = cfg.optim.lr.position_factor(self.triangles.count)
+        groups = self.triangles.param_groups({**cfg.optim.lr.model_dump(), "positions": cfg.optim.lr.positions * factor})
         balancer_params = self.balancer.loop_parameters()
         if balancer_params:
             groups.append({"name": "balancer", "params": balancer_params, "lr": self.balancer.lr})
@@ -88,8 +92,11 @@ class Fitter:
             shared += [self.triangles.color_logits, self.triangles.opacity_logits]
         self.context = BalanceContext(shared_params=shared, iterations=cfg.optim.iterations or 0)
         groups = {group["name"]: group for group in self.optimizer.param_groups}
-        self.schedules = self.objective.schedules(self.renderer, {f"optim.lr.{name}": g for name, g in groups.items()},
-                                                  f"optim.lr.<{'|'.join(groups)}>")
+        positions = groups.pop("positions")  # a schedule of its rate is scaled as the rate is
+        self.schedules = self.objective.schedules(
+            self.renderer, {f"optim.lr.{name}": g for name, g in groups.items()},
+            f"optim.lr.<positions|{'|'.join(groups)}>, render.scale",
+            {"render.scale": self._set_scale, "optim.lr.positions": lambda v: positions.__setitem__("lr", v * factor)})
         self.densifier = Densifier(cfg, self.triangles, self.seeds)
         self.step = 0
         self.elapsed = 0.0  # seconds spent in run(), across resumes
@@ -145,13 +152,36 @@ class Fitter:
     def modifiers(self):
         return self.objective.modifiers
 
-    def render(self) -> torch.Tensor:
-        return self.renderer(self.triangles.scene(), self.height, self.width)
+    def _set_scale(self, value: float) -> None:
+        if not 0 < value <= 1:
+            raise UserError(f"schedules: render.scale must be in (0, 1], the schedule gives {value}")
+        self.scale = value
+
+    def working_size(self) -> tuple[int, int]:
+        """(h, w) the steps render at: the image's size times render.scale, at least 1 pixel."""
+        return max(1, round(self.height * self.scale)), max(1, round(self.width * self.scale))
+
+    def level(self, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The target and mask at `size` (h, w): area averages of the image's pixels, made once per size."""
+        size = tuple(size)
+        if size == (self.height, self.width):
+            return self.target, self.mask
+        if size not in self._levels:
+            shrink = lambda x: torch.nn.functional.interpolate(x, size=size, mode="area")  # noqa: E731
+            self._levels[size] = (shrink(self.target), None if self.mask is None else shrink(self.mask))
+        return self._levels[size]
+
+    def render(self, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The soft render of every scene, at the image's size or at `size` (h, w)."""
+        height, width = size or (self.height, self.width)
+        return self.renderer(self.triangles.scene(), height, width)
 
     def train_step(self) -> StepResult:
         progress = self.progress()
         scheduled = self.schedules.apply(self.step, progress)
-        pred = self.render()
+        size = self.working_size()
+        pred = self.render(size)
+        target, _ = self.level(size)
         every = self.cfg.log.grad_norm_every
         logged = bool(every) and self.step % every == 0
         # per-term gradients wanted (GradNorm, or the logged norms): the terms score a detached copy of
@@ -192,14 +222,15 @@ class Fitter:
         self._restore_inactive(frozen)
         respawned = None
         if self.densifier.active and self.densifier.due(self.step, progress):  # between this step and the next
-            respawned = self.densifier(self.triangles, self.optimizer, self.renderer, self.target,
-                                       self.progress(self.step + 1), self.active)
+            respawned = self.densifier(self.triangles, self.optimizer, self.renderer, target,
+                                       self.progress(self.step + 1), self.active, self.scale)
         result = StepResult(
             step=self.step,
             losses={name: value.detach().tolist() for name, value in losses.items()},
             total=total.detach().tolist(),
             weights={name: value.tolist() for name, value in weights.items()},
             render=pred.detach(),
+            target=target,
             scheduled=scheduled,
             regularizer=regularizer,
             grad_norms=grad_norms,
@@ -260,7 +291,10 @@ class Fitter:
         self._stop({scene: reason}, reason)
 
     def compute_losses(self, pred: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.objective.losses(pred, self.target, self.mask, self.step)
+        """Every term on a render of the image's size or of a working size (scored against the
+        target at the render's size)."""
+        target, mask = self.level(pred.shape[-2:])
+        return self.objective.losses(pred, target, mask, self.step)
 
     def _shared(self) -> list[torch.Tensor]:
         return [p for p in self.context.shared_params if p.requires_grad]

@@ -70,13 +70,18 @@ class Objective:
         """The regulariser's per-scene penalty (unweighted), or None when its weight is 0."""
         return self.regularizer(vertices, height, width, live) if self.regularizer.weight > 0 else None
 
-    def schedules(self, renderer, lr_groups: dict[str, dict], own_hint: str) -> Schedules:
+    def schedules(self, renderer, lr_groups: dict[str, dict], own_hint: str,
+                  own: dict[str, Callable[[float], None]] | None = None) -> Schedules:
         """The config's schedules, each bound to the live value it moves: a learning rate of the
-        loop's optimiser (`lr_groups`: its param groups by config path, described by `own_hint` in
-        the error), the render's softness, or a part of this objective."""
+        loop's optimiser (`lr_groups`: its param groups by config path), another value the loop
+        owns (`own`: setters by path; both described by `own_hint` in the error), the render's
+        softness, or a part of this objective."""
+        own = own or {}
+
         def setter(path: str) -> Callable[[float], None]:
             group = lr_groups.get(path)
-            found = (lambda v: group.__setitem__("lr", v)) if group is not None else self.setter(path, renderer)
+            found = (lambda v: group.__setitem__("lr", v)) if group is not None else \
+                own.get(path) or self.setter(path, renderer)
             if found is None:
                 raise UserError(f"schedules: '{path}' cannot be scheduled; schedulable: {own_hint}, "
                                 f"{SCHEDULABLE_PARTS.format(loss_type=self.cfg.loss.type)}")

@@ -12,7 +12,8 @@ from .metrics import psnr_torch
 
 
 class ProgressBar:
-    """Steps done, with the total loss and the soft render's PSNR every `log.every` steps."""
+    """Steps done, with the total loss and the soft render's PSNR every `log.every` steps (means
+    over the scenes of a batch)."""
 
     def __init__(self, cfg: Config, fitter: Fitter) -> None:
         self.every = cfg.log.every
@@ -22,7 +23,8 @@ class ProgressBar:
     def on_step(self, fitter: Fitter, result: StepResult) -> None:
         self.bar.update(1)
         if result.step % self.every == 0 and not self.bar.disable:
-            self.bar.set_postfix(loss=f"{result.total:.4f}", psnr=f"{psnr_torch(result.render, fitter.target):.2f}")
+            loss = sum(result.total) / len(result.total)
+            self.bar.set_postfix(loss=f"{loss:.4f}", psnr=f"{psnr_torch(result.render, result.target):.2f}")
 
     def close(self) -> None:
         self.bar.close()

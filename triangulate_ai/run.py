@@ -156,11 +156,20 @@ class RunRecorder:
             self._emit(record, jsonl=to_jsonl or evaluated or bool(result.grad_norms) or result.respawned is not None,
                        images=self._images(fitter, result), render=self._mine(result.render))
         if step % self.gif_every == 0:
-            self.frames.append(_gif_frame(to_numpy_image(result.render[self.scene])))
+            self.frames.append(_gif_frame(self._full_size(result.render)))
         if done % self.eval_every == 0 and self._before_end(done):
             self.pending = (done, self._evaluate(fitter))
         if done % self.ckpt_every == 0 and self._before_end(done):
             self.save_checkpoint(fitter)
+
+    def _full_size(self, render: torch.Tensor) -> np.ndarray:
+        """This scene's render (H, W, 3) at the image's size: a step at a coarser working
+        resolution (render.scale) is shown enlarged."""
+        mine = self._mine(render)
+        height, width = self.target.shape[:2]
+        if tuple(mine.shape[-2:]) != (height, width):
+            mine = torch.nn.functional.interpolate(mine, size=(height, width), mode="bilinear", align_corners=False)
+        return to_numpy_image(mine[0])
 
     def _before_end(self, done: int) -> bool:
         return self.iterations is None or done < self.iterations
@@ -181,7 +190,7 @@ class RunRecorder:
             **{f"loss/{k}": v for k, v in losses.items()},
             **{f"log_loss/{k}": math.log(v) for k, v in losses.items() if v > 0},
             **{f"weight/{k}": v[b] for k, v in result.weights.items()},
-            "psnr_soft": psnr_torch(self._mine(result.render), self._mine(fitter.target)),
+            "psnr_soft": psnr_torch(self._mine(result.render), self._mine(result.target)),
             **{f"schedule/{k}": v for k, v in result.scheduled.items()},
             **{f"grad_norm/{k}": v[b] for k, v in (result.grad_norms or {}).items()},
             **{k: v[b] for k, v in result.modifier_metrics.items()},
@@ -197,7 +206,7 @@ class RunRecorder:
         every = self.tb_cfg.image_every
         if self.files.tensorboard is None or not every or result.step % every:
             return None
-        render = to_numpy_image(result.render[self.scene])
+        render = self._full_size(result.render)
         error = np.abs(render - self.target).mean(axis=-1, keepdims=True).repeat(3, axis=-1)
         return {"images/render": render, "images/abs_error": np.clip(error * 2, 0, 1)}
 
