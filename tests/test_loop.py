@@ -201,5 +201,6 @@ def test_the_positions_rate_for_a_reference_count_is_scaled_by_the_triangle_size
     scaled = rates("triangles.count=40", "optim.lr.positions_count=10")
     assert scaled["positions"] == pytest.approx(0.005) and scaled["colors"] == plain["colors"]
     scheduled = rates("triangles.count=40", "optim.lr.positions_count=10",
-                      "schedules={optim.lr.positions: {type: linear, start_value: 0.004, end_value: 0.0, end_step: 10}}")
+                      "schedules={optim.lr.positions: {type: linear, start_value: 0.004, end_value: 0.0, "
+                      "end_step: 10}}")
     assert scheduled["positions"] == pytest.approx(0.002)

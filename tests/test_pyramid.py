@@ -66,7 +66,8 @@ def test_a_scheduled_pyramid_moves_up_to_the_image_size(tmp_path):
     recorder.finish(fitter, completed=True, device=torch.device("cpu"))
     assert sizes == [(8, 10)] * 10 + [(16, 20)] * 10 + [(32, 40)] * 20
     lines = [json.loads(line) for line in (tmp_path / METRICS).read_text().splitlines()]
-    assert [r["schedule/render.scale"] for r in lines if "schedule/render.scale" in r][:5] == [0.25, 0.25, 0.5, 0.5, 1.0]
+    scales = [r["schedule/render.scale"] for r in lines if "schedule/render.scale" in r]
+    assert scales[:5] == [0.25, 0.25, 0.5, 0.5, 1.0]
     # the soft PSNR of a coarse step compares it with the target at its own size
     assert all(np.isfinite(r["psnr_soft"]) for r in lines if "psnr_soft" in r)
     # every GIF frame is shown at the image's size, and the export is the image's size

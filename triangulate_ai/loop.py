@@ -82,7 +82,8 @@ class Fitter:
         self.renderer = make_renderer(cfg.render, target.device)
         self.objective = Objective(cfg, self.batch, target, mask)
         factor = cfg.optim.lr.position_factor(self.triangles.count)
-        groups = self.triangles.param_groups({**cfg.optim.lr.model_dump(), "positions": cfg.optim.lr.positions * factor})
+        rates = {**cfg.optim.lr.model_dump(), "positions": cfg.optim.lr.positions * factor}
+        groups = self.triangles.param_groups(rates)
         balancer_params = self.balancer.loop_parameters()
         if balancer_params:
             groups.append({"name": "balancer", "params": balancer_params, "lr": self.balancer.lr})
