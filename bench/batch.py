@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -28,12 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from triangulate_ai.api import Job, Run  # noqa: E402
 from triangulate_ai.config import load_config  # noqa: E402
 from triangulate_ai.io import image_from_array  # noqa: E402
+from triangulate_ai.provenance import provenance  # noqa: E402
 
 TERMS = {
     "l1": [],
@@ -86,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--fit-steps", type=int, default=1000, help="steps of one fit, for fits/min")
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--json", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
-    out = {"machine": {"threads": torch.get_num_threads(), "platform": platform.platform(),
-                       "torch": torch.__version__}, "triangles": args.triangles, "fit_steps": args.fit_steps,
+    out = {**provenance(), "triangles": args.triangles, "fit_steps": args.fit_steps,
            "note": "perceptual networks with random weights (speed only)", "cases": []}
     for side in args.sizes:
         for terms in args.terms:
@@ -104,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                 out["cases"].append(case)
                 print(json.dumps(case), file=sys.stderr, flush=True)
     print(json.dumps(out, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

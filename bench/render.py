@@ -21,7 +21,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -38,6 +37,7 @@ from triangulate_ai.loop import Fitter  # noqa: E402
 from triangulate_ai.io import load_image  # noqa: E402
 from triangulate_ai.loss import build_terms  # noqa: E402
 from triangulate_ai.loss.perceptual import LPIPSTerm  # noqa: E402
+from triangulate_ai.provenance import provenance  # noqa: E402
 from triangulate_ai.raster import Scene, TiledRenderer, make_renderer  # noqa: E402
 from triangulate_ai.raster.nvdiffrast import available as nvdiffrast_available  # noqa: E402
 
@@ -191,6 +191,7 @@ def main() -> None:
     parser.add_argument("--size", type=float, default=0.08, help="default triangle spread, fraction of the side")
     parser.add_argument("--fit-steps", type=int, default=100, help="quickstart fit steps timed (0 skips the fit)")
     parser.add_argument("--terms-case", default="256x500", help="SIDExTRIANGLES for the loss-term costs")
+    parser.add_argument("--json", type=Path, help="also write the JSON here (with date, machine and commit)")
     args = parser.parse_args()
     if args.threads:  # read by torch when each spawned process imports it
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -212,8 +213,8 @@ def main() -> None:
             row["reference"] = "skipped: its graph would need more than 12 GB"
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
-    out = {"device": args.device, "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__,
-           "python": platform.python_version(), "results": rows}
+    out = {**provenance(), "device": args.device, "threads": args.threads or torch.get_num_threads(),
+           "results": rows}
     if args.fit_steps and args.device == "cpu":
         timed = _alternate(fast, args.rounds, fit_rate, args.fit_steps)
         out["quickstart_fit"] = {"image": "examples/kodim23.png", "config": "configs/quickstart.yaml",
@@ -225,6 +226,8 @@ def main() -> None:
                          **_in_fresh_process(_measure_terms, side, count, args.size, args.device, args.repeats)}
     print(json.dumps(out["loss_terms"]), file=sys.stderr)
     print(json.dumps(out, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -178,13 +178,13 @@ def test_a_run_held_by_another_runner_is_skipped_and_not_touched(tmp_path, capsy
 
     config = _ablation(tmp_path, "local")
     runs = plan(load_ablation(config), config, tmp_path / "out")
-    held = next(r for r in runs if r["method"] == "gm" and r["seed"] == 0)
+    held = next(r for r in runs if r.method == "gm" and r.seed == 0)
     with run_lock(lock_path(tmp_path / "out", held)) as got:
         assert got
         assert main(["--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "gm / a / seed 0: skipped: another runner is working on it" in out
-    assert not Path(held["folder"]).exists()
+    assert not held.folder.exists()
     assert sum(r["status"] == "ok" for r in _rows(tmp_path)) == 3
     assert main(["--config", str(config)]) == 0  # the lock is gone: the run is done now
     assert sum(r["status"] == "ok" for r in _rows(tmp_path)) == 4

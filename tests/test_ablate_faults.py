@@ -28,10 +28,10 @@ def test_a_stale_todo_list_never_refits_a_run_finished_meanwhile(tmp_path, capsy
     it leaves every run as A left it and says another runner finished it."""
     config = _ablation(tmp_path, "local")
     cfg, output = load_ablation(config), tmp_path / "out"
-    todo = [run for run in plan(cfg, config, output) if status(Path(run["folder"])) != "finished"]  # B's list
+    todo = [run for run in plan(cfg, config, output) if status(run.folder) != "finished"]  # B's list
     assert len(todo) == 4
     assert main(["--config", str(config)]) == 0  # runner A
-    folders = [Path(run["folder"]) for run in todo]
+    folders = [run.folder for run in todo]
     before = _snapshot(folders)
     capsys.readouterr()
     execute(todo, cfg.executor.model_copy(update={"workers": 1, "batch_size": 2}), output)  # runner B
@@ -150,7 +150,7 @@ def test_an_interrupted_run_makes_the_exit_code_130(tmp_path, monkeypatch):
     """A run stopped by Ctrl-C in its worker (saved, resumes next time) is not a success."""
     config = _ablation(tmp_path, "local")
     monkeypatch.setattr(ablate, "execute", lambda runs, executor, output: [
-        {"folder": run["folder"], "exit_code": EXIT_INTERRUPTED, "skipped": None} for run in runs])
+        {"folder": str(run.folder), "exit_code": EXIT_INTERRUPTED, "skipped": None} for run in runs])
     assert main(["--config", str(config)]) == EXIT_INTERRUPTED
 
 
@@ -164,7 +164,7 @@ def test_packing_does_not_crash_on_an_image_over_pillows_pixel_limit(tmp_path, m
     path = tmp_path / "a.png"
     Image.fromarray(smooth_image(32, 32)).save(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)
-    assert plan_module._image_size({"sets": {"image.path": str(path)}, "config": {"image": {"max_size": 0}}}) is None
+    assert plan_module._image_size(str(path), 0) is None
 
 
 def test_a_damaged_summary_is_a_run_to_do_again_and_a_row_that_says_so(tmp_path):
@@ -177,7 +177,7 @@ def test_a_damaged_summary_is_a_run_to_do_again_and_a_row_that_says_so(tmp_path)
     (folder / "config.yaml").write_text("seed: 0\n")
     (folder / "checkpoint.pt").write_bytes(b"")
     assert status(folder) == "resumable"
-    run = {"method": "gm", "family": "gm", "grid": "", "image": "a", "seed": 0, "folder": str(folder)}
+    run = plan_module.PlannedRun("gm", "gm", "", "a", 0, folder, tmp_path / "base.yaml", {}, {})
     (row,) = collect([run])
     assert row["status"] == "unreadable" and "damaged" in row["error"]
     (folder / "summary.json").write_text("[1, 2]")  # JSON, but not a summary

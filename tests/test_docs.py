@@ -26,6 +26,20 @@ def test_fit_quality_figures_are_those_of_quality_json():
     assert quality["date"][:10] in readme and quality["date"] in page and quality["commit"] in page
 
 
+def test_full_size_fit_quality_figures_are_those_of_quality_768_json():
+    quality = json.loads((RESULTS / "quality_768.json").read_text())
+    primitive = json.loads((RESULTS / "primitive.json").read_text())["full_size"]
+    readme, page = (ROOT / "README.md").read_text(), (ROOT / "docs" / "quality.md").read_text()
+    assert quality["size"] == primitive["size"] == 768
+    for run in quality["runs"]:
+        psnr = _mean(run, "psnr")
+        assert f"**{psnr:.2f}**" in page and " | ".join(f"{row['psnr']:.2f}" for row in run["rows"]) in page
+        if run["budget"] == f"{primitive['seconds']} s":  # primitive was measured after 60 s only
+            delta = f"**{psnr - primitive['mean']['psnr']:+.2f}**"
+            assert f"**{psnr:.2f}**" in readme and delta in readme and delta in page
+    assert quality["date"] in page and quality["commit"] in page
+
+
 def test_model_figures_are_those_of_model_json_and_the_card():
     model = json.loads((RESULTS / "model.json").read_text())
     card = json.loads((ROOT / "triangulate_ai" / "models" / "default.json").read_text())

@@ -28,7 +28,7 @@ from ..config import parse_override
 from ..errors import EXIT_INTERRUPTED, ArgumentParser, UserError, one_line_errors, program_name
 from ..io import load_image, write_atomic
 from .executors import estimate, execute
-from .plan import AblationConfig, _label, config_changes, load_ablation, plan, status
+from .plan import AblationConfig, PlannedRun, _label, config_changes, load_ablation, plan, status
 from .report import write_report
 
 
@@ -100,13 +100,13 @@ def _image_entry(cfg: AblationConfig, item: str, config_path: Path) -> str:
     raise UserError(f"--images: {item!r} is neither an image of {config_path} ({names}) nor an image file or folder")
 
 
-def check_images(runs: list[dict]) -> None:
+def check_images(runs: list[PlannedRun]) -> None:
     """Read every distinct image of `runs` (as its first run will: at image.max_size) before
     anything is written, so a missing or unreadable one stops the ablation up front instead of
     failing each of its runs; every bad image is named, one line each, as train.py does."""
     images = {}
     for run in runs:
-        images.setdefault(run["sets"]["image.path"], run["config"]["image"]["max_size"])
+        images.setdefault(run.sets["image.path"], run.config["image"]["max_size"])
     problems = []
     for path, max_size in images.items():
         try:
@@ -118,21 +118,21 @@ def check_images(runs: list[dict]) -> None:
                         "\nerror: ".join([f"{len(problems)} images cannot be used:"] + problems))
 
 
-def check_changes(runs: list[dict], output: Path) -> None:
+def check_changes(runs: list[PlannedRun], output: Path) -> None:
     """Refuse when runs already in `output` were made with other settings than asked now."""
     changed = [(run, changes) for run in runs if (changes := config_changes(run))]
     if changed:
         run, changes = changed[0]
         raise UserError(
             f"{len(changed)} run(s) in {output} were made with other settings than asked now, e.g. "
-            f"{run['method']}/{run['image']}/seed {run['seed']}: {'; '.join(changes[:3])}"
+            f"{run.method}/{run.image}/seed {run.seed}: {'; '.join(changes[:3])}"
             f"{' ...' if len(changes) > 3 else ''}. Finished runs are reused only when their config is "
             "the same; give a new experiment folder with --out (or delete the old runs)")
 
 
-def run_all(cfg: AblationConfig, runs: list[dict], output: Path) -> list[dict]:
+def run_all(cfg: AblationConfig, runs: list[PlannedRun], output: Path) -> list[dict]:
     """The runs not finished yet, with a line before and after; their outcomes."""
-    todo = [run for run in runs if status(Path(run["folder"])) != "finished"]
+    todo = [run for run in runs if status(run.folder) != "finished"]
     print(f"ablation {cfg.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, "
           f"{len(todo)} to run with the {cfg.executor.type} executor -> {output}", flush=True)
     outcomes = execute(todo, cfg.executor, output)
@@ -167,7 +167,7 @@ def _ablate(args: argparse.Namespace) -> int:
     if not args.report_only:
         check_changes(runs, output)
     if args.estimate:
-        print(estimate([run for run in runs if status(Path(run["folder"])) != "finished"], cfg.executor))
+        print(estimate([run for run in runs if status(run.folder) != "finished"], cfg.executor))
         return 0
     if not args.report_only:
         check_images(runs)

@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from ..config import load_config
 from ..errors import EXIT_INTERRUPTED, UserError
 from ..io import write_json
 from ..stop import StopRequest
-from .plan import ExecutorConfig, pack, status
+from .plan import ExecutorConfig, PlannedRun, pack, status
 
 LOCKS = ".locks"
 
@@ -29,9 +28,9 @@ LOCKS = ".locks"
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 
-def lock_path(output: Path, run: dict) -> Path:
+def lock_path(output: Path, run: PlannedRun) -> Path:
     """One lock file per run, outside its folder (which --overwrite may delete)."""
-    folder = Path(run["folder"])
+    folder = run.folder
     return output / LOCKS / f"{folder.parent.name}__{folder.name}.lock"
 
 
@@ -52,7 +51,7 @@ def run_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def run_batch(runs: list[dict], threads: int, locks: list[str]) -> list[dict]:
+def run_batch(runs: list[PlannedRun], threads: int, locks: list[str]) -> list[dict]:
     """Fit runs of one method together in this process (a pool worker or a Ray task), holding
     their locks; record failures in their folders. The runner listed these runs before this task
     started, so each run's state is read again under its lock: one another runner finished since
@@ -62,24 +61,24 @@ def run_batch(runs: list[dict], threads: int, locks: list[str]) -> list[dict]:
     import torch
 
     torch.set_num_threads(max(1, threads))
-    outcomes = {run["folder"]: _outcome(skipped="busy") for run in runs}
+    outcomes = {str(run.folder): _outcome(skipped="busy") for run in runs}
     with contextlib.ExitStack() as stack:
         mine = [run for run, lock in zip(runs, locks) if stack.enter_context(run_lock(Path(lock)))]
-        states = {run["folder"]: status(Path(run["folder"])) for run in mine}
+        states = {run.folder: status(run.folder) for run in mine}
         for run in mine:
-            if states[run["folder"]] == "finished":
-                outcomes[run["folder"]] = _outcome(skipped="finished")
+            if states[run.folder] == "finished":
+                outcomes[str(run.folder)] = _outcome(skipped="finished")
             else:
-                (Path(run["folder"]) / "failed.json").unlink(missing_ok=True)
-        fresh = [run for run in mine if states[run["folder"]] == "todo"]
+                (run.folder / "failed.json").unlink(missing_ok=True)
+        fresh = [run for run in mine if states[run.folder] == "todo"]
         codes: dict[str, int] = {}
         if fresh:
             codes = _fit(fresh[0], resume=False) if len(fresh) == 1 else _fit_batch(fresh)
         for run in mine:
-            if states[run["folder"]] == "resumable":
+            if states[run.folder] == "resumable":
                 codes.update(_fit(run, resume=True))
         outcomes.update({folder: _outcome(code) for folder, code in codes.items()})
-    return [{"folder": run["folder"], **outcomes[run["folder"]]} for run in runs]
+    return [{"folder": str(run.folder), **outcomes[str(run.folder)]} for run in runs]
 
 
 def _outcome(exit_code: int | None = None, skipped: Literal["busy", "finished"] | None = None) -> dict:
@@ -88,14 +87,13 @@ def _outcome(exit_code: int | None = None, skipped: Literal["busy", "finished"] 
     return {"exit_code": exit_code, "skipped": skipped}
 
 
-def _fit_batch(runs: list[dict]) -> dict[str, int]:
+def _fit_batch(runs: list[PlannedRun]) -> dict[str, int]:
     """Fresh runs (their folders hold no finished run: overwrite deletes only what is left of a
     failed or unstarted one) in one loop."""
     from ..api import Job, Run
 
     try:
-        jobs = [Job(load_config(r["base"], values=r["sets"], values_source="ablation"), Path(r["folder"]))
-                for r in runs]
+        jobs = [Job(r.load_config(), r.folder) for r in runs]
         batch = Run.batch(jobs, overwrite=True)
     except Exception:  # noqa: BLE001 - set-up problems are found and charged run by run below
         codes = {}
@@ -107,36 +105,36 @@ def _fit_batch(runs: list[dict]) -> dict[str, int]:
         with stop:
             results = batch.execute_all(should_stop=stop.requested)
     except Exception as exc:  # a crash in the loop: every run of the batch failed with it
-        return {r["folder"]: _failed(r, 1, f"{type(exc).__name__}: {exc}") for r in runs}
+        return {str(r.folder): _failed(r, 1, f"{type(exc).__name__}: {exc}") for r in runs}
     codes = {}
     for run, result in zip(runs, results):
         error = result.metrics["error"]
-        codes[run["folder"]] = _failed(run, 1, error) if error else 0 if result.completed else EXIT_INTERRUPTED
+        codes[str(run.folder)] = _failed(run, 1, error) if error else 0 if result.completed else EXIT_INTERRUPTED
     return codes
 
 
-def _fit(run: dict, resume: bool) -> dict[str, int]:
+def _fit(run: PlannedRun, resume: bool) -> dict[str, int]:
     """One run alone, every way it can fail recorded in its folder. `resume` is decided by the
     caller under the run's lock; a fresh run's folder holds no finished run (see _fit_batch)."""
     from ..api import FitFailed, Run
 
-    folder = Path(run["folder"])
+    folder = str(run.folder)
     stop = StopRequest()
     try:
-        cfg = load_config(run["base"], values=run["sets"], values_source="ablation")
+        cfg = run.load_config()
         with stop:
-            result = Run(cfg, folder, resume=resume, overwrite=True).execute(should_stop=stop.requested)
-        return {run["folder"]: 0 if result.completed else EXIT_INTERRUPTED}
+            result = Run(cfg, run.folder, resume=resume, overwrite=True).execute(should_stop=stop.requested)
+        return {folder: 0 if result.completed else EXIT_INTERRUPTED}
     except UserError as exc:
-        return {run["folder"]: _failed(run, exc.exit_code, str(exc))}
+        return {folder: _failed(run, exc.exit_code, str(exc))}
     except FitFailed as exc:
-        return {run["folder"]: _failed(run, 1, str(exc))}
+        return {folder: _failed(run, 1, str(exc))}
     except Exception as exc:  # a bug or a crash in one run must not stop the others
-        return {run["folder"]: _failed(run, 1, f"{type(exc).__name__}: {exc}")}
+        return {folder: _failed(run, 1, f"{type(exc).__name__}: {exc}")}
 
 
-def _failed(run: dict, code: int, error: str) -> int:
-    folder = Path(run["folder"])
+def _failed(run: PlannedRun, code: int, error: str) -> int:
+    folder = run.folder
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "failed.json", {"exit_code": code, "error": error})
     return code
@@ -159,7 +157,7 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def execute(runs: list[dict], executor: ExecutorConfig, output: Path) -> list[dict]:
+def execute(runs: list[PlannedRun], executor: ExecutorConfig, output: Path) -> list[dict]:
     """Run `runs` with the configured executor, packed into tasks of up to `batch_size` runs,
     printing one line per run as its task ends; returns every run's outcome (see run_batch)."""
     tasks = pack(runs, executor.batch_size)
@@ -168,7 +166,7 @@ def execute(runs: list[dict], executor: ExecutorConfig, output: Path) -> list[di
     threads = max(1, cpus // workers)
     outcomes: list[dict] = []
 
-    def done(task: list[dict], results: list[dict]) -> None:
+    def done(task: list[PlannedRun], results: list[dict]) -> None:
         for run, result in zip(task, results):
             outcomes.append(result)
             _report(run, result)
@@ -198,7 +196,7 @@ def execute(runs: list[dict], executor: ExecutorConfig, output: Path) -> list[di
     return outcomes
 
 
-def estimate(runs: list[dict], executor: ExecutorConfig, steps: int = 3, warmup: int = 2) -> str:
+def estimate(runs: list[PlannedRun], executor: ExecutorConfig, steps: int = 3, warmup: int = 2) -> str:
     """Expected wall time of running `runs`: for each method, its first task is built (in memory,
     nothing written) and a few steps timed with the threads a worker would get; the evaluations
     (hard-edged export, PSNR/SSIM/LPIPS every eval.every steps and at the end) are timed once.
@@ -218,10 +216,10 @@ def estimate(runs: list[dict], executor: ExecutorConfig, steps: int = 3, warmup:
              "|---|---|---|---|---|---|"]
     total = 0.0
     try:
-        for method in dict.fromkeys(run["method"] for run in runs):
-            mine = [t for t in tasks if t[0]["method"] == method]
+        for method in dict.fromkeys(run.method for run in runs):
+            mine = [t for t in tasks if t[0].method == method]
             first = mine[0]
-            cfgs = [load_config(r["base"], values=r["sets"], values_source="ablation") for r in first]
+            cfgs = [r.load_config() for r in first]
             run = Run.batch([Job(cfg) for cfg in cfgs])
             for _ in range(warmup):
                 run.fitter.train_step()
@@ -254,9 +252,9 @@ def estimate(runs: list[dict], executor: ExecutorConfig, steps: int = 3, warmup:
 SKIPPED = {"busy": "skipped: another runner is working on it", "finished": "ok: finished by another runner"}
 
 
-def _report(run: dict, result: dict) -> None:
+def _report(run: PlannedRun, result: dict) -> None:
     code = result["exit_code"]
     state = SKIPPED[result["skipped"]] if result["skipped"] else {
         0: "ok", EXIT_INTERRUPTED: "interrupted (resumes on the next run)"}.get(
         code, f"failed (exit {code}, see failed.json)")
-    print(f"  {run['method']} / {run['image']} / seed {run['seed']}: {state}", flush=True)
+    print(f"  {run.label}: {state}", flush=True)

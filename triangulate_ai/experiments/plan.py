@@ -9,6 +9,7 @@ import functools
 import itertools
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -58,10 +59,33 @@ def _label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
 
 
-def plan(cfg: AblationConfig, config_path: Path, output: Path) -> list[dict]:
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of an ablation: a method (with its grid values) on one image and seed, its folder,
+    and the config it fits, resolved when the ablation is planned."""
+
+    method: str  # the variant's name: the method and its grid values
+    family: str  # the method as the YAML names it
+    grid: str  # its grid values as a folder-name suffix ("" without a grid)
+    image: str  # the image's file name without its extension
+    seed: int
+    folder: Path
+    base: Path  # the fit config every run extends
+    sets: dict[str, Any]  # this run's overrides of it (dotted keys)
+    config: dict[str, Any]  # the resolved config, as the run folder's config.yaml holds it
+
+    def load_config(self) -> Config:
+        return load_config(self.base, values=self.sets, values_source="ablation")
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} / {self.image} / seed {self.seed}"
+
+
+def plan(cfg: AblationConfig, config_path: Path, output: Path) -> list[PlannedRun]:
     """Every run of the ablation with its folder and config values. All configs are validated
-    here, before anything runs; each run carries its resolved config (`config`, as config.yaml
-    holds it) so a finished run can be checked against what is asked now."""
+    here, before anything runs; each run carries its resolved config so a finished run can be
+    checked against what is asked now."""
     root = config_path.parent
     base = (root / cfg.base).resolve()
     grid_items = list(cfg.grid.items())
@@ -77,13 +101,12 @@ def plan(cfg: AblationConfig, config_path: Path, output: Path) -> list[dict]:
                     folder = output / _label(variant) / f"{_label(Path(image).stem)}_seed{seed}"
                     sets = {**cfg.set, **overrides, **extra, "seed": seed, "log.progress_bar": False,
                             "image.path": str(image_path)}
-                    runs.append({"method": variant, "family": method, "grid": suffix, "image": Path(image).stem,
-                                 "seed": seed, "folder": str(folder), "base": str(base), "sets": sets})
-    for run in runs:  # config mistakes stop the ablation before it starts, with the run named
-        try:
-            run["config"] = load_config(run["base"], values=run["sets"], values_source="ablation").dump()
-        except UserError as exc:
-            raise UserError(f"run {run['method']}/{run['image']}/seed {run['seed']}: {exc}") from None
+                    try:  # config mistakes stop the ablation before it starts, with the run named
+                        resolved = load_config(base, values=sets, values_source="ablation").dump()
+                    except UserError as exc:
+                        raise UserError(f"run {variant}/{Path(image).stem}/seed {seed}: {exc}") from None
+                    runs.append(PlannedRun(variant, method, suffix, Path(image).stem, seed, folder, base, sets,
+                                           resolved))
     return runs
 
 
@@ -117,13 +140,13 @@ def status(folder: Path) -> str:
     return "todo"
 
 
-def config_changes(run: dict) -> list[str]:
+def config_changes(run: PlannedRun) -> list[str]:
     """Keys whose value in the run folder's config.yaml differs from what the ablation asks now
     ("key: old -> new"); empty when they agree or the folder holds no run yet."""
-    path = Path(run["folder"]) / "config.yaml"
-    if status(Path(run["folder"])) == "todo" or not path.is_file():
+    path = run.folder / "config.yaml"
+    if status(run.folder) == "todo" or not path.is_file():
         return []
-    old, new = _flat(safe_load(path.read_text()) or {}), _flat(run["config"])
+    old, new = _flat(safe_load(path.read_text()) or {}), _flat(run.config)
     defaults = _defaults()
     # a key added to the program after the run was made, left at its default, is what the run did
     return [f"{key}: {old.get(key, '<absent>')} -> {new.get(key, '<absent>')}"
@@ -147,21 +170,21 @@ def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def pack(runs: list[dict], size: int) -> list[list[dict]]:
+def pack(runs: list[PlannedRun], size: int) -> list[list[PlannedRun]]:
     """Tasks of up to `size` runs that can share one loop: the same method and grid values, the
     same state (fresh, or resuming: those go alone, their checkpoints may be at other steps),
     and images of one size."""
-    def key(run: dict) -> tuple:
-        resuming = status(Path(run["folder"])) == "resumable"
-        return run["method"], _image_size(run), run["folder"] if resuming else ""
+    def key(run: PlannedRun) -> tuple:
+        resuming = status(run.folder) == "resumable"
+        return run.method, _image_size(run.sets["image.path"], run.config["image"]["max_size"]), \
+            str(run.folder) if resuming else ""
     return batches_by(runs, key, size)
 
 
-def _image_size(run: dict) -> tuple[int, int] | None:
-    """The size the fit will work at (after image.max_size), from the file's header only."""
+def _image_size(path: str, limit: int) -> tuple[int, int] | None:
+    """The size a fit of `path` works at (after image.max_size `limit`), from the file's header only."""
     from PIL import Image
 
-    path, limit = run["sets"]["image.path"], run["config"]["image"]["max_size"]
     try:
         with Image.open(path) as img:
             width, height = img.size

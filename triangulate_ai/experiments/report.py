@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from ..monitor import WARNING_KINDS  # noqa: E402
 from ..run import metric_series  # noqa: E402
-from .plan import read_json_object  # noqa: E402
+from .plan import PlannedRun, read_json_object  # noqa: E402
 from .statistics import COMPARED, Comparison, compare, per_image  # noqa: E402
 
 COLUMNS = ["method", "image", "seed", "status", "psnr", "ssim", "colour_shift", "lpips", "lpips_meaningful",
@@ -27,13 +27,13 @@ METRICS = [("psnr", "PSNR (dB)", max), ("ssim", "SSIM", max), ("colour_shift", "
            ("lpips", "LPIPS", min)]
 
 
-def collect(runs: list[dict]) -> list[dict]:
+def collect(runs: list[PlannedRun]) -> list[dict]:
     """One row per planned run, from its folder (summary.json, or failed.json)."""
     rows = []
     for run in runs:
-        folder = Path(run["folder"])
-        row = {"method": run["method"], "family": run["family"], "grid": run["grid"], "image": run["image"],
-               "seed": run["seed"], "folder": str(folder)}
+        folder = run.folder
+        row = {"method": run.method, "family": run.family, "grid": run.grid, "image": run.image,
+               "seed": run.seed, "folder": str(folder)}
         failed, s = read_json_object(folder / "failed.json"), read_json_object(folder / "summary.json")
         if failed is not None:
             row.update(status="failed", error=failed.get("error", ""))
@@ -390,7 +390,7 @@ def plot_weight_trajectories(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(runs: list[dict], output: Path, baseline: str) -> str:
+def write_report(runs: list[PlannedRun], output: Path, baseline: str) -> str:
     """results.csv, results.md and the plots in `output`; returns the Markdown text."""
     rows = collect(runs)
     write_csv(rows, output / "results.csv")
