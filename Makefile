@@ -16,7 +16,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)  # the figures in docs/ and the README, each into its committed JSON (about 1 h 15 min)
-	$(PY) bench/render.py
+	$(PY) bench/render.py --json bench/results/render.json
+	$(PY) bench/batch.py --terms l1 --json bench/results/batch.json
 	$(PY) bench/balancers.py --rounds 3 --json bench/results/balancers.json
 	$(PY) bench/quality.py --json bench/results/quality.json
 	$(PY) bench/quality.py --size 768 --json bench/results/quality_768.json

@@ -77,3 +77,48 @@ def test_the_structural_study_report_shows_the_statistics_of_its_results_csv():
             digits = 4 if metric == "ssim" else 2
             for c in compare(rows, baseline, metric, higher):
                 assert f"{c.mean:+.{digits}f} [{c.low:+.{digits}f}, {c.high:+.{digits}f}]" in page, (baseline, c)
+
+
+def _ms(value: float) -> str:
+    return f"{value:.0f} ms" if value >= 100 else f"{value:.3g} ms"
+
+
+def render_table_row(row: dict) -> str:
+    """docs/performance.md's row of one bench/render.py case."""
+    t, f = row["torch"], row["fused"]
+    ratio = row["fused_over_torch"]
+    large = " large" if row["triangle_size"] != 0.08 else ""
+    ref = row["reference"]
+    dense = f"{_ms(ref['forward_backward_ms'])}, {ref['peak_mib']:.0f} MiB" if isinstance(ref, dict) \
+        else "skipped (> 12 GB)"
+    return (f"| {row['image'].split('x')[0]}² / {row['triangles']}{large} "
+            f"| {_ms(t['forward_ms'])}, {_ms(t['forward_backward_ms'])}, {t['peak_mib']:.0f} MiB "
+            f"| {_ms(f['forward_ms'])}, {_ms(f['forward_backward_ms'])}, {f['peak_mib']:.0f} MiB "
+            f"| {ratio['forward_backward_ms']:.3f}, {ratio['peak_mib']:.3f} | {dense} |")
+
+
+def test_renderer_and_batching_figures_are_those_of_render_json_and_batch_json():
+    render = json.loads((RESULTS / "render.json").read_text())
+    batch = json.loads((RESULTS / "batch.json").read_text())
+    page = (ROOT / "docs" / "performance.md").read_text()
+    for row in render["results"]:
+        assert render_table_row(row) in page, row["image"]
+    fit = render["quickstart_fit"]
+    assert (f"| quickstart fit | {fit['torch']['iterations_per_s']:.3g} it/s | {fit['fused']['iterations_per_s']:.3g} "
+            f"it/s | {fit['fused_over_torch_rate']:.1f} x the rate | |") in page
+    for case in batch["cases"]:
+        assert f"{case['ms_per_step']:.2f}" in page, case
+        assert case["batch"] == 1 or f"{case['vs_b1']:.2f}x" in page, case
+    for bench in (render, batch):
+        assert bench["date"] in page and bench["commit"] in page
+
+
+def test_loss_term_costs_are_those_of_render_json():
+    render = json.loads((RESULTS / "render.json").read_text())
+    terms = render["loss_terms"]["terms"]
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    assert f"| {terms['l1']['over_render_step']:.3f} x the render step |" in page
+    assert f"| {terms['vgg16 relu1_2..relu4_3']['over_render_step']:.1f} x the render step |" in page
+    lpips = terms["lpips vgg"]["over_render_step"], terms["lpips alex"]["over_render_step"]
+    assert f"vgg: {lpips[0]:.1f} x, alex: {lpips[1]:.2f} x" in page
+    assert f"{render['loss_terms']['render_step_ms']:.1f} ms" in page and render["commit"] in page
