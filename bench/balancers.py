@@ -21,12 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from triangulate_ai.balance import REGISTRY  # noqa: E402
 from triangulate_ai.config import load_config  # noqa: E402
 from triangulate_ai.loop import Fitter  # noqa: E402
 from triangulate_ai.io import load_image  # noqa: E402
 from triangulate_ai.provenance import provenance  # noqa: E402
 
-METHODS = ["fixed", "scale_norm", "geometric_mean", "uncertainty", "gradnorm", "cov", "dynamic", "dwa", "hybrid"]
+METHODS = list(REGISTRY)  # every registered balancing method
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "kodim23.png"
 
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from triangulate_ai.config import load_config
-from triangulate_ai.loss.balance import BalanceContext, build_balancer, ramp_factor
-from triangulate_ai.loss.balance.base import grad_norm
-from triangulate_ai.loss.balance.cov import CoVBalancer
-from triangulate_ai.loss.balance.dwa import DWABalancer
-from triangulate_ai.loss.balance.dynamic import DynamicBalancer
-from triangulate_ai.loss.balance.geometric_mean import GeometricMeanBalancer
-from triangulate_ai.loss.balance.gradnorm import GradNormBalancer
-from triangulate_ai.loss.balance.uncertainty import UncertaintyBalancer
+from triangulate_ai.balance import BalanceContext, build_balancer, ramp_factor
+from triangulate_ai.balance.base import grad_norm
+from triangulate_ai.balance.cov import CoVBalancer
+from triangulate_ai.balance.dwa import DWABalancer
+from triangulate_ai.balance.dynamic import DynamicBalancer
+from triangulate_ai.balance.geometric_mean import GeometricMeanBalancer
+from triangulate_ai.balance.gradnorm import GradNormBalancer
+from triangulate_ai.balance.uncertainty import UncertaintyBalancer
 
 TYPES = ["fixed", "scale_norm", "geometric_mean", "uncertainty", "gradnorm", "cov", "dynamic", "dwa", "hybrid"]
 TWO_TERMS = ["loss.terms.vgg={weights: random}"]

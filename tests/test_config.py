@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from triangulate_ai.cli import main
-from triangulate_ai.config import Config, LossConfig, LpipsTermConfig, VggTermConfig, load_config, MsSsimTermConfig
+from triangulate_ai.balance import REGISTRY as BALANCERS
+from triangulate_ai.config import Config, LpipsTermConfig, VggTermConfig, load_config, MsSsimTermConfig
 from triangulate_ai.errors import UserError
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -27,11 +28,15 @@ def test_base_yaml_documents_every_default():
                 documented.setdefault(key.strip(), yaml.safe_load(rest.split(" #")[0]))
             except yaml.YAMLError:
                 continue  # a fragment of a multi-line example
-    defaults = {**LossConfig().model_dump(), **VggTermConfig().model_dump(), **LpipsTermConfig().model_dump(),
-                **MsSsimTermConfig().model_dump()}
+    defaults = {**VggTermConfig().model_dump(), **LpipsTermConfig().model_dump(), **MsSsimTermConfig().model_dump()}
     for key, value in defaults.items():
-        if key not in ("type", "terms", "l1") and key not in Config().dump()["loss"]:
-            assert documented.get(key, "missing") == value, key
+        assert documented.get(key, "missing") == value, key
+    # a balancing method's options: here, or in its own config file (configs/<its name>.yaml)
+    for name, method in BALANCERS.items():
+        own = CONFIGS / f"{name}.yaml"
+        for key, field in method.Options.model_fields.items():
+            if key not in Config().dump()["loss"] and documented.get(key, "missing") != field.default:
+                assert own.is_file() and f"{key}:" in own.read_text(), f"{name}: {key}"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))

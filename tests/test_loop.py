@@ -10,7 +10,8 @@ import torch
 
 from triangulate_ai.config import load_config
 from triangulate_ai.loop import Fitter
-from triangulate_ai.loss.balance import BalanceContext, FixedBalancer
+from triangulate_ai.balance import BalanceContext
+from triangulate_ai.balance.fixed import FixedBalancer
 from triangulate_ai.metrics import Evaluator
 from triangulate_ai.run import CHECKPOINT, METRICS, RunRecorder
 
@@ -148,7 +149,7 @@ def test_per_term_gradients_from_the_render_give_the_same_fit_as_a_backward_per_
     once, and the step's backward reuses them; a fitter that runs the terms backward again (the
     way it was done before: no logged norms, the balancer measuring its own) ends at the same
     weights and parameters, ramps and learnable balancer parameters included."""
-    from triangulate_ai.loss.balance.base import grad_norm
+    from triangulate_ai.balance.base import grad_norm
     from triangulate_ai.loop import TermGradients
 
     l2 = "{weight: 3.0, start_iter: 1, target_iter: 6}" if ramp else "{weight: 3.0}"

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
+from .balance import REGISTRY as BALANCERS
 from .errors import UserError
+from .section import Section
 
 DEFAULTS = "<defaults>"
 CLI = "--set"
@@ -37,13 +39,6 @@ _Loader.add_implicit_resolver(
 def safe_load(text: str) -> Any:
     """YAML as every config of this project is read (yaml.SafeLoader, plus 1e-3 as a float)."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-
-
-class Section(BaseModel):
-    """Strict: no unknown keys, no silent type coercion (a string is never a number), and no
-    infinite or NaN numbers (no setting of this project means anything at infinity)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ImageConfig(Section):
@@ -229,67 +224,34 @@ class LossTerms(Section):
     lpips: Optional[LpipsTermConfig] = None
 
 
-BALANCER_OPTIONS = {
-    "fixed": (),
-    "scale_norm": ("ema_decay",),
-    "geometric_mean": ("epsilon", "min_loss_value", "regularization_weight", "dynamic_epsilon", "normalized"),
-    "uncertainty": ("lr", "init_log_var"),
-    "gradnorm": ("alpha", "lr", "shared_params", "warmup_steps"),
-    "cov": ("mean_mode", "mean_decay"),
-    "dynamic": ("enabled", "momentum", "adaptation_rate", "min_weight", "max_weight", "adaptation_threshold",
-                "baseline_iterations", "enable_monitoring"),
-    "dwa": ("window", "temperature"),
-    "hybrid": ("epsilon", "min_loss_value", "regularization_weight", "dynamic_epsilon", "lr", "init_log_var"),
-}
+BALANCER_OPTIONS = {name: tuple(cls.Options.model_fields) for name, cls in BALANCERS.items()}
 
 
-class LossConfig(Section):
+def _balancer_fields() -> dict[str, tuple[Any, Any]]:
+    """Every balancer's options as flat fields (a config writes them beside `loss.type`); an option
+    two methods share (`lr`, `epsilon`, ...) must mean the same in both."""
+    fields: dict[str, tuple[Any, Any]] = {}
+    owners: dict[str, str] = {}
+    for name, cls in BALANCERS.items():
+        for key, info in cls.Options.model_fields.items():
+            if key in fields and (fields[key][0], fields[key][1].default, fields[key][1].metadata) != \
+                    (info.annotation, info.default, info.metadata):
+                raise TypeError(f"balancer option '{key}' of {name} differs from that of {owners[key]}")
+            fields.setdefault(key, (info.annotation, info))
+            owners.setdefault(key, name)
+    return fields
+
+
+class _LossSection(Section):
     """The balancer (`type`) with its options flat beside it, as in seed 002's
-    `loss: {type: geometric_mean, epsilon: ...}`; an option of another method is an error."""
+    `loss: {type: geometric_mean, epsilon: ...}`; an option of another method is an error. The
+    options are declared by each method next to its class (balance/, `Options`)."""
 
-    type: Literal["fixed", "scale_norm", "geometric_mean", "uncertainty", "gradnorm", "cov", "dynamic", "dwa",
-                  "hybrid"] = "fixed"
+    type: Literal[tuple(BALANCERS)] = "fixed"
     terms: LossTerms = LossTerms()
-    # scale_norm
-    ema_decay: float = Field(0.9, ge=0, lt=1)
-    # geometric_mean, hybrid
-    epsilon: float = Field(1e-8, gt=0)
-    min_loss_value: float = Field(1e-4, ge=0)
-    regularization_weight: float = Field(0.01, ge=0)
-    dynamic_epsilon: bool = False
-    normalized: bool = False
-    # uncertainty, gradnorm, hybrid: learning rate of the balancer's own parameters
-    lr: float = Field(0.025, gt=0)
-    init_log_var: float = 0.0
-    # gradnorm
-    alpha: float = Field(1.5, ge=0)
-    shared_params: Literal["all", "positions"] = "all"
-    warmup_steps: int = Field(0, ge=0)
-    # cov
-    mean_mode: Literal["full", "decay"] = "full"
-    mean_decay: float = Field(0.9, gt=0, lt=1)
-    # dynamic (seed 001: keys, defaults and ranges of its table)
-    enabled: bool = True
-    momentum: float = Field(0.9, ge=0, le=1)
-    adaptation_rate: float = Field(0.01, ge=0.001, le=0.1)
-    min_weight: float = Field(1e-6, gt=0)
-    max_weight: float = Field(100.0, gt=0)
-    adaptation_threshold: float = Field(0.1, ge=0.01, le=1.0)
-    baseline_iterations: int = Field(100, ge=50, le=1000)
-    enable_monitoring: bool = True
-    # dwa
-    window: int = Field(1, ge=1)
-    temperature: float = Field(2.0, gt=0)
-
-    @field_validator("max_weight")
-    @classmethod
-    def _above_min(cls, value: float, info: ValidationInfo) -> float:
-        if value <= info.data.get("min_weight", 0):
-            raise ValueError("max_weight must be greater than min_weight")
-        return value
 
     @model_validator(mode="after")
-    def _some_term(self) -> "LossConfig":
+    def _some_term(self) -> "_LossSection":
         if not self.active_terms():
             raise ValueError("at least one loss term must be enabled")
         allowed = set(BALANCER_OPTIONS[self.type]) | {"type", "terms"}
@@ -297,6 +259,10 @@ class LossConfig(Section):
         if foreign:
             owners = sorted({t for t, keys in BALANCER_OPTIONS.items() if foreign[0] in keys})
             raise ValueError(f"'{foreign[0]}' is an option of {', '.join(owners)}, not of type {self.type}")
+        try:  # the method's own checks across its options
+            BALANCERS[self.type].Options(**self.options())
+        except ValidationError as exc:
+            raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
         return self
 
     def options(self) -> dict:
@@ -305,6 +271,9 @@ class LossConfig(Section):
 
     def active_terms(self) -> dict[str, TermConfig]:
         return {name: cfg for name, cfg in self.terms if cfg is not None}
+
+
+LossConfig = create_model("LossConfig", __base__=_LossSection, __module__=__name__, **_balancer_fields())
 
 
 class ScheduleConfig(Section):

@@ -18,7 +18,7 @@ from .densify import Densifier
 from .errors import UserError
 from .init import initial_triangles
 from .triangles import TriangleSet
-from .loss.balance import BalanceContext
+from .balance import BalanceContext
 from .objective import Objective
 from .raster import make_renderer
 

@@ -15,7 +15,7 @@ import torch
 from .config import BALANCER_OPTIONS, RegularizerConfig
 from .errors import UserError
 from .loss import build_terms
-from .loss.balance import BalanceContext, build_balancer
+from .balance import BalanceContext, build_balancer
 from .loss.modifiers import build_pipeline
 from .regularizer import TriangleRegularizer
 from .schedule import Schedules

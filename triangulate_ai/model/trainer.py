@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 
 from ..export import rasterize_svg, scene_to_dict, svg_from_dict
 from ..loop import non_finite_message
-from ..loss.balance import BalanceContext
-from ..loss.balance.base import grad_norm
+from ..balance import BalanceContext
+from ..balance.base import grad_norm
 from ..memory import estimate_bytes, require
 from ..metrics import Evaluator, flat_mean_psnr
 from ..objective import Objective

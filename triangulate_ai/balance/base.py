@@ -28,10 +28,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
+
+from ..section import Section
+
+REGISTRY: dict[str, type["Balancer"]] = {}  # loss.type -> the class, filled as the classes are defined
+
+
+class NoOptions(Section):
+    """A method without options of its own."""
 
 
 @dataclass
@@ -63,7 +71,23 @@ class Balancer(nn.Module, ABC):
     A ramped term enters as r*L + (1-r)*stop_grad(L): the balancer sees the true value, and the
     term's gradient (its effective weight) is scaled by r, whatever the method."""
 
+    name: ClassVar[str] = ""  # its `loss.type`; a class with a name is registered and can be chosen in a config
+    Options: ClassVar[type[Section]] = NoOptions  # its options, written beside `loss.type` in a config
     needs_term_gradients = False  # True: it reads each term's gradient norm (BalanceContext.term_norms)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            if cls.name in REGISTRY:
+                raise TypeError(f"two balancers are named {cls.name!r}: {REGISTRY[cls.name].__name__}, {cls.__name__}")
+            REGISTRY[cls.name] = cls
+
+    @classmethod
+    def from_config(cls, weights: dict[str, float], ramps: dict[str, tuple[int, int]], batch: int,
+                    options: dict[str, Any]) -> "Balancer":
+        """Built from a config: the enabled terms' weights by name, their ramps, the scene count and
+        this method's options. A method that weighs the terms itself takes only their names."""
+        return cls(list(weights), ramps=ramps, batch=batch, **options)
 
     def __init__(self, names: list[str], ramps: dict[str, tuple[int, int]] | None = None, batch: int = 1) -> None:
         super().__init__()

@@ -12,11 +12,22 @@ regulariser use its own losses only.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
+from ..section import Section
 from .base import Balancer, by_name, loss_matrix
 
 
 class GeometricMeanBalancer(Balancer):
+    name = "geometric_mean"
+
+    class Options(Section):
+        epsilon: float = Field(1e-8, gt=0)
+        min_loss_value: float = Field(1e-4, ge=0)
+        regularization_weight: float = Field(0.01, ge=0)
+        dynamic_epsilon: bool = False
+        normalized: bool = False
+
     def __init__(self, names: list[str], epsilon: float = 1e-8, min_loss_value: float = 1e-4,
                  regularization_weight: float = 0.01, dynamic_epsilon: bool = False, normalized: bool = False,
                  ramps=None, batch: int = 1) -> None:

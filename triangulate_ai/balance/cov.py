@@ -11,12 +11,22 @@ Per scene: every statistic is (B, T) and the step count t is (B,).
 
 from __future__ import annotations
 
-import torch
+from typing import Literal
 
+import torch
+from pydantic import Field
+
+from ..section import Section
 from .base import Balancer, by_name, loss_matrix, weighted_sum
 
 
 class CoVBalancer(Balancer):
+    name = "cov"
+
+    class Options(Section):
+        mean_mode: Literal["full", "decay"] = "full"
+        mean_decay: float = Field(0.9, gt=0, lt=1)
+
     def __init__(self, names: list[str], mean_mode: str = "full", mean_decay: float = 0.9, ramps=None,
                  batch: int = 1) -> None:
         super().__init__(names, ramps, batch)

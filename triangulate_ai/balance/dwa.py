@@ -7,11 +7,19 @@ Per scene: the window sums (B, T), the last two window means (B, 2, T) and the c
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
+from ..section import Section
 from .base import Balancer, by_name, loss_matrix, weighted_sum
 
 
 class DWABalancer(Balancer):
+    name = "dwa"
+
+    class Options(Section):
+        window: int = Field(1, ge=1)
+        temperature: float = Field(2.0, gt=0)
+
     def __init__(self, names: list[str], window: int = 1, temperature: float = 2.0, ramps=None,
                  batch: int = 1) -> None:
         super().__init__(names, ramps, batch)

@@ -14,11 +14,35 @@ Base weights and every option are shared by all scenes.
 from __future__ import annotations
 
 import torch
+from pydantic import Field, model_validator
 
+from ..section import Section
 from .base import Balancer, by_name, loss_matrix, weighted_sum
 
 
 class DynamicBalancer(Balancer):
+    name = "dynamic"
+
+    class Options(Section):  # seed 001: keys, defaults and ranges of its table
+        enabled: bool = True
+        momentum: float = Field(0.9, ge=0, le=1)
+        adaptation_rate: float = Field(0.01, ge=0.001, le=0.1)
+        min_weight: float = Field(1e-6, gt=0)
+        max_weight: float = Field(100.0, gt=0)
+        adaptation_threshold: float = Field(0.1, ge=0.01, le=1.0)
+        baseline_iterations: int = Field(100, ge=50, le=1000)
+        enable_monitoring: bool = True
+
+        @model_validator(mode="after")
+        def _above_min(self):
+            if self.max_weight <= self.min_weight:
+                raise ValueError("max_weight must be greater than min_weight")
+            return self
+
+    @classmethod
+    def from_config(cls, weights, ramps, batch, options):
+        return cls(dict(weights), ramps=ramps, batch=batch, **options)
+
     def __init__(self, base_weights: dict[str, float], enabled: bool = True, momentum: float = 0.9,
                  adaptation_rate: float = 0.01, min_weight: float = 1e-6, max_weight: float = 100.0,
                  adaptation_threshold: float = 0.1, baseline_iterations: int = 100, enable_monitoring: bool = True,

@@ -20,12 +20,29 @@ only; the Adam here is torch's (no weight decay, no amsgrad) with a step count p
 from __future__ import annotations
 
 import torch
+from typing import Literal
+
+from pydantic import Field
 from torch import nn
 
+from ..section import Section
 from .base import Balancer, by_name, grad_norm, loss_matrix, weighted_sum
 
 
 class GradNormBalancer(Balancer):
+    name = "gradnorm"
+
+    class Options(Section):
+        alpha: float = Field(1.5, ge=0)
+        lr: float = Field(0.025, gt=0)
+        shared_params: Literal["all", "positions"] = "all"  # read by the loop: the parameters the norms are over
+        warmup_steps: int = Field(0, ge=0)
+
+    @classmethod
+    def from_config(cls, weights, ramps, batch, options):
+        options = {key: value for key, value in options.items() if key != "shared_params"}
+        return cls(list(weights), ramps=ramps, batch=batch, **options)
+
     needs_term_gradients = True
     betas = (0.9, 0.999)
     eps = 1e-8

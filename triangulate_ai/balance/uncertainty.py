@@ -8,12 +8,20 @@ so an elementwise optimiser (Adam) trains each scene's log-variances on its own 
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from ..section import Section
 from .base import Balancer, by_name
 
 
 class UncertaintyBalancer(Balancer):
+    name = "uncertainty"
+
+    class Options(Section):
+        lr: float = Field(0.025, gt=0)  # learning rate of the balancer's own parameters
+        init_log_var: float = 0.0
+
     def __init__(self, names: list[str], lr: float = 0.025, init_log_var: float = 0.0, ramps=None,
                  batch: int = 1) -> None:
         super().__init__(names, ramps, batch)

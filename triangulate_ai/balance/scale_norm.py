@@ -4,11 +4,18 @@ Per scene: the EMA (B, T) and whether a scene has been seen (B,)."""
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
+from ..section import Section
 from .base import Balancer, by_name, loss_matrix, weighted_sum
 
 
 class ScaleNormBalancer(Balancer):
+    name = "scale_norm"
+
+    class Options(Section):
+        ema_decay: float = Field(0.9, ge=0, lt=1)
+
     def __init__(self, names: list[str], ema_decay: float = 0.9, ramps=None, batch: int = 1) -> None:
         super().__init__(names, ramps, batch)
         self.ema_decay = ema_decay
