@@ -84,7 +84,7 @@ LAYERS = {  # docs/architecture.md: a module imports only from its own layer or 
     3: ["raster", "loss", "schedule", "regularizer", "monitor"],
     4: ["triangles", "metrics", "export", "memory", "colours", "runfolder"],
     5: ["init", "densify", "objective"],
-    6: ["loop"],
+    6: ["loop", "scenes"],
     7: ["run", "result"],
     8: ["model", "models"],
     9: ["api", "instant", "progress"],

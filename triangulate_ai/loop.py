@@ -12,7 +12,6 @@ from typing import Callable, Protocol
 
 import torch
 
-from .checkpoints import number, optimizer_state
 from .config import Config
 from .densify import Densifier
 from .errors import UserError
@@ -244,7 +243,7 @@ class Fitter:
         self.step += 1
         return result
 
-    def _scene_params(self) -> list[torch.Tensor]:
+    def scene_params(self) -> list[torch.Tensor]:
         """Every tensor the optimiser steps, each with the scene as its first dimension."""
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
@@ -252,7 +251,7 @@ class Fitter:
         """Parameters and their Adam moments before the update, to put stopped scenes back."""
         return [(p, p.detach().clone(), {k: v.clone() for k, v in self.optimizer.state.get(p, {}).items()
                                          if torch.is_tensor(v) and v.dim() >= 1})
-                for p in self._scene_params()]
+                for p in self.scene_params()]
 
     def _restore_inactive(self, frozen: list[tuple[torch.Tensor, torch.Tensor, dict]]) -> None:
         """Stopped scenes keep their parameters and Adam moments as at their last good step (Adam
@@ -317,10 +316,9 @@ class Fitter:
             for observer in observers:
                 observer.on_step(self, result)
 
-    def state_dict(self, scene: int | None = None) -> dict:
-        """Everything to resume: of all scenes, or of one (`scene`) as a fit of it alone would
-        save it, so each scene's run folder holds an ordinary one-scene checkpoint."""
-        state = {
+    def state_dict(self) -> dict:
+        """Everything to resume the batch (scenes.scene_state cuts out one scene's part)."""
+        return {
             "step": self.step,
             "triangles": self.triangles.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -328,23 +326,6 @@ class Fitter:
             "elapsed": self.elapsed,
             "densifier": self.densifier.state_dict(),
         }
-        if scene is None:
-            return state
-        done = self.steps_done(scene)
-        one = take_scene(state, scene)
-        for param_state in one["optimizer"]["state"].values():  # Adam stepped it `done` times
-            if "step" in param_state:
-                param_state["step"] = torch.tensor(float(done), device="cpu")
-        return {**one, "step": done}
-
-    def state_template(self) -> dict:
-        """What a one-scene `state_dict` of this config holds (keys, tensor shapes and dtypes), for
-        checking a checkpoint before loading it (checkpoints.conform)."""
-        template = self.state_dict(0)
-        template["optimizer"] = optimizer_state(self.optimizer, [p.detach()[:1] for p in self._scene_params()])
-        template["step"] = number(minimum=0, integer=True)
-        template["elapsed"] = number(minimum=0)
-        return template
 
     def load_state_dict(self, state: dict) -> None:
         self.triangles.load_state_dict(state["triangles"])
@@ -353,13 +334,6 @@ class Fitter:
         self.densifier.load_state_dict(state["densifier"])
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
-
-    def load_scene_states(self, states: list[dict]) -> None:
-        """Resume B scenes from B one-scene states (saved at the same step)."""
-        steps = {int(s["step"]) for s in states}
-        if len(steps) != 1:
-            raise ValueError(f"scenes saved at different steps ({sorted(steps)}) cannot resume as one batch")
-        self.load_state_dict(join_scenes(states))
 
 
 class TermGradients:
@@ -397,55 +371,6 @@ class TermGradients:
             if weight is not None:
                 out = out + weight.to(out.dtype).view(-1, *[1] * (out.dim() - 1)) * self.on_render(name)
         return torch.where(active.view(-1, *[1] * (out.dim() - 1)), out, torch.zeros_like(out))
-
-
-SCENE_SECTIONS = ("triangles", "optimizer", "balancer", "densifier")
-
-
-def _map_scene_tensors(state, fn):
-    """Apply fn to every tensor with a scene dimension (dim >= 1) in a nested state; 0-d tensors
-    (step counters) and plain values are shared by the scenes and kept as they are."""
-    if torch.is_tensor(state):
-        return fn(state) if state.dim() >= 1 else state
-    if isinstance(state, dict):  # dict or OrderedDict (module state dicts)
-        return type(state)((k, _map_scene_tensors(v, fn)) for k, v in state.items())
-    if isinstance(state, list):
-        return [_map_scene_tensors(v, fn) for v in state]
-    return state
-
-
-def take_scene(state: dict, scene: int) -> dict:
-    """The one-scene state of scene `scene` from a batch state (param_groups are shared)."""
-    out = dict(state)
-    for key in SCENE_SECTIONS:
-        section = state[key]
-        if key == "optimizer":
-            out[key] = {"state": _map_scene_tensors(section["state"], lambda t: t[scene:scene + 1].clone()),
-                        "param_groups": section["param_groups"]}
-        else:
-            out[key] = _map_scene_tensors(section, lambda t: t[scene:scene + 1].clone())
-    return out
-
-
-def join_scenes(states: list[dict]) -> dict:
-    """A batch state from one-scene states, scene b from states[b]."""
-    def cat(path_values):
-        first = path_values[0]
-        if torch.is_tensor(first):
-            return torch.cat(path_values) if first.dim() >= 1 else first
-        if isinstance(first, dict):
-            return type(first)((k, cat([v[k] for v in path_values])) for k in first)
-        if isinstance(first, list):
-            return [cat([v[i] for v in path_values]) for i in range(len(first))]
-        return first
-
-    out = dict(states[0])
-    for key in SCENE_SECTIONS:
-        if key == "optimizer":
-            out[key] = {"state": cat([s[key]["state"] for s in states]), "param_groups": states[0][key]["param_groups"]}
-        else:
-            out[key] = cat([s[key] for s in states])
-    return out
 
 
 def resolve_device(name: str) -> torch.device:

@@ -27,6 +27,7 @@ from .loop import Fitter, StepResult
 from .io import json_text, save_png, to_uint8, write_atomic, write_json
 from .metrics import Evaluator, flat_mean_psnr, psnr_torch
 from .runfolder import CHECKPOINT, METRICS, RunFolder
+from .scenes import load_scenes, scene_state, scene_template
 
 OUTPUTS = ("metrics.jsonl", "tensorboard", CHECKPOINT, "final.png", "compare.png", "triangles.json", "triangles.svg",
            "progress.gif", "summary.json")  # what a fit writes into its folder besides config.yaml
@@ -65,14 +66,14 @@ def load_fitter_state(fitter: Fitter, state: dict, path: Path) -> None:
 def load_scene_states(fitter: Fitter, states: list[dict], paths: list[Path]) -> None:
     """B one-scene checkpoints into a fitter of B scenes. Each is checked against this config's
     state first (keys, shapes, dtypes, finite values): a UserError naming the file and the value."""
-    template = fitter.state_template()
+    template = scene_template(fitter)
     for state, path in zip(states, paths):
         try:
             conform(state["fitter"], template, "fitter")
         except Mismatch as exc:
             raise refusal(path, exc) from None
     try:
-        fitter.load_scene_states([state["fitter"] for state in states])
+        load_scenes(fitter, [state["fitter"] for state in states])
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
         where = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more)"
         raise UserError(f"{where}: checkpoint does not fit this run's config "
@@ -228,7 +229,7 @@ class RunRecorder:
             torch.zeros(0, dtype=torch.uint8, device="cpu")
         self.files.save_checkpoint({
             "format": CHECKPOINT_FORMAT,
-            "fitter": fitter.state_dict(self.scene),  # this scene alone: an ordinary one-scene checkpoint
+            "fitter": scene_state(fitter, self.scene),  # this scene alone: an ordinary one-scene checkpoint
             "recorder": {"frames": frames, "elapsed": self._elapsed_now(), "initial": self.initial,
                          "warnings": json.loads(json_text(self.warnings))},  # plain Python values only
             "version": __version__,
