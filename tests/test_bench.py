@@ -11,19 +11,16 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")))
-def test_benchmark_script_imports(script):
-    spec = importlib.util.spec_from_file_location(f"bench_{script[:-3]}", BENCH / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert callable(module.main)
-
-
 def _load(script: str):
     spec = importlib.util.spec_from_file_location(f"bench_{script[:-3]}", BENCH / script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")))
+def test_benchmark_script_imports(script):
+    assert callable(_load(script).main)
 
 
 def test_quality_compares_with_primitive_at_the_same_count_at_256_and_the_same_time_at_full_size():
