@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT))
 
 
 from triangulate_ai import fit  # noqa: E402
-from triangulate_ai.io import load_image  # noqa: E402
 from triangulate_ai.provenance import provenance  # noqa: E402
 
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "kodak"
@@ -55,14 +54,13 @@ def run(images: list[Path], count: int, budget: float | None, iterations: int | 
         overrides: dict, size: int = 256) -> list[dict]:
     rows = []
     for path in images:
-        image = load_image(path, size)
         started = time.perf_counter()
         result = fit(path, config=config, overrides={**overrides, "image.max_size": size, "eval.lpips": None,
                                                  "log.progress_bar": False},
                      triangles=count, time_limit=budget, iterations=iterations)
         wall = time.perf_counter() - started
         m = result.metrics
-        rows.append({"image": path.stem, "size": list(image.size), "triangles": count, "psnr": m["psnr"],
+        rows.append({"image": path.stem, "size": [m["width"], m["height"]], "triangles": count, "psnr": m["psnr"],
                      "ssim": m["ssim"], "psnr_soft": m["psnr_soft"], "iterations": m["iterations"],
                      "loop_s": m["wall_time_s"], "wall_s": round(wall, 2), "stopped_by": m["stopped_by"]})
         print(f"  {path.stem} N={count}: {m['psnr']:.2f} dB / {m['ssim']:.3f} ({m['iterations']} steps, "

@@ -73,6 +73,8 @@ class Balancer(nn.Module, ABC):
 
     name: ClassVar[str] = ""  # its `loss.type`; a class with a name is registered and can be chosen in a config
     Options: ClassVar[type[Section]] = NoOptions  # its options, written beside `loss.type` in a config
+    takes_term_weights: ClassVar[bool] = False  # built from the terms' configured weights, not only their names
+    loop_options: ClassVar[tuple[str, ...]] = ()  # options the loop reads, not the constructor
     needs_term_gradients = False  # True: it reads each term's gradient norm (BalanceContext.term_norms)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -85,9 +87,11 @@ class Balancer(nn.Module, ABC):
     @classmethod
     def from_config(cls, weights: dict[str, float], ramps: dict[str, tuple[int, int]], batch: int,
                     options: dict[str, Any]) -> "Balancer":
-        """Built from a config: the enabled terms' weights by name, their ramps, the scene count and
-        this method's options. A method that weighs the terms itself takes only their names."""
-        return cls(list(weights), ramps=ramps, batch=batch, **options)
+        """Built from a config: the enabled terms' weights by name (or only their names, for a method
+        that weighs the terms itself), their ramps, the scene count and this method's options."""
+        terms = dict(weights) if cls.takes_term_weights else list(weights)
+        own = {key: value for key, value in options.items() if key not in cls.loop_options}
+        return cls(terms, ramps=ramps, batch=batch, **own)
 
     def __init__(self, names: list[str], ramps: dict[str, tuple[int, int]] | None = None, batch: int = 1) -> None:
         super().__init__()

@@ -39,9 +39,7 @@ class DynamicBalancer(Balancer):
                 raise ValueError("max_weight must be greater than min_weight")
             return self
 
-    @classmethod
-    def from_config(cls, weights, ramps, batch, options):
-        return cls(dict(weights), ramps=ramps, batch=batch, **options)
+    takes_term_weights = True
 
     def __init__(self, base_weights: dict[str, float], enabled: bool = True, momentum: float = 0.9,
                  adaptation_rate: float = 0.01, min_weight: float = 1e-6, max_weight: float = 100.0,

@@ -10,9 +10,7 @@ from .base import BalanceContext, Balancer
 class FixedBalancer(Balancer):
     name = "fixed"
 
-    @classmethod
-    def from_config(cls, weights, ramps, batch, options):
-        return cls(dict(weights), ramps, batch=batch)
+    takes_term_weights = True
 
     def __init__(self, weights: dict[str, float], ramps: dict[str, tuple[int, int]] | None = None,
                  batch: int = 1) -> None:

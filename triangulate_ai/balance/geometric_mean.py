@@ -18,14 +18,19 @@ from ..section import Section
 from .base import Balancer, by_name, loss_matrix
 
 
+class SumOfLogsOptions(Section):
+    """The options of the sum of logs, which the hybrid method shares."""
+
+    epsilon: float = Field(1e-8, gt=0)
+    min_loss_value: float = Field(1e-4, ge=0)
+    regularization_weight: float = Field(0.01, ge=0)
+    dynamic_epsilon: bool = False
+
+
 class GeometricMeanBalancer(Balancer):
     name = "geometric_mean"
 
-    class Options(Section):
-        epsilon: float = Field(1e-8, gt=0)
-        min_loss_value: float = Field(1e-4, ge=0)
-        regularization_weight: float = Field(0.01, ge=0)
-        dynamic_epsilon: bool = False
+    class Options(SumOfLogsOptions):
         normalized: bool = False
 
     def __init__(self, names: list[str], epsilon: float = 1e-8, min_loss_value: float = 1e-4,

@@ -19,9 +19,9 @@ only; the Adam here is torch's (no weight decay, no amsgrad) with a step count p
 
 from __future__ import annotations
 
-import torch
 from typing import Literal
 
+import torch
 from pydantic import Field
 from torch import nn
 
@@ -38,11 +38,7 @@ class GradNormBalancer(Balancer):
         shared_params: Literal["all", "positions"] = "all"  # read by the loop: the parameters the norms are over
         warmup_steps: int = Field(0, ge=0)
 
-    @classmethod
-    def from_config(cls, weights, ramps, batch, options):
-        options = {key: value for key, value in options.items() if key != "shared_params"}
-        return cls(list(weights), ramps=ramps, batch=batch, **options)
-
+    loop_options = ("shared_params",)
     needs_term_gradients = True
     betas = (0.9, 0.999)
     eps = 1e-8

@@ -7,24 +7,16 @@ Per scene as its two parts are (log-variances (B, T))."""
 
 from __future__ import annotations
 
-from pydantic import Field
-
-from ..section import Section
 from .base import Balancer
-from .geometric_mean import GeometricMeanBalancer
+from .geometric_mean import GeometricMeanBalancer, SumOfLogsOptions
 from .uncertainty import UncertaintyBalancer
 
 
 class HybridBalancer(Balancer):
     name = "hybrid"
 
-    class Options(Section):
-        epsilon: float = Field(1e-8, gt=0)
-        min_loss_value: float = Field(1e-4, ge=0)
-        regularization_weight: float = Field(0.01, ge=0)
-        dynamic_epsilon: bool = False
-        lr: float = Field(0.025, gt=0)
-        init_log_var: float = 0.0
+    class Options(UncertaintyBalancer.Options, SumOfLogsOptions):
+        """Those of its two parts (not the geometric mean's `normalized`)."""
 
     def __init__(self, names: list[str], epsilon: float = 1e-8, min_loss_value: float = 1e-4,
                  regularization_weight: float = 0.01, dynamic_epsilon: bool = False, lr: float = 0.025,
