@@ -1,11 +1,14 @@
 """Colours in closed form: the compositing weights reproduce the dense renderer, and the solved
-colours of a scene drawn by it are its own."""
+colours of a scene drawn by it are its own; the C++ kernel's normal equations are the dense
+weights' ones, and the error it reports is the solved drawing's."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from triangulate_ai.colours import compositing_weights, solve_colours
+from triangulate_ai.colours import compositing_weights, normal_equations, solve_and_score, solve_colours
+from triangulate_ai.raster.fused import unavailable_reason
 from triangulate_ai.raster.reference import ReferenceRenderer
 from triangulate_ai.raster.scene import Scene
 
@@ -35,3 +38,40 @@ def test_solved_colours_redraw_a_target_drawn_with_the_same_shapes():
     solved = solve_colours(grey, target, 0.5, ridge=1e-9)
     assert torch.allclose(ReferenceRenderer(0.5)(solved, 24, 32), target, atol=1e-5)
     assert torch.equal(solved.vertices, scene.vertices) and torch.equal(solved.opacity, scene.opacity)
+
+
+@pytest.mark.skipif(unavailable_reason() is not None, reason="the C++ kernel is not built here")
+def test_the_kernel_gives_the_dense_normal_equations():
+    scene = _scene(2, count=20)
+    verts = scene.vertices.clone()
+    verts[0, 3] = torch.tensor([[1.6, 1.5], [1.9, 1.7], [1.8, 2.0]])  # far off the canvas: no weight anywhere
+    verts[1, 5, 2] = verts[1, 5, 0]  # zero area: no inside, a sliver of coverage along its edge
+    scene = scene._replace(vertices=verts)
+    target = torch.rand(2, 3, 24, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    gram, rhs = normal_equations(scene, target, 0.5)  # no gradient wanted: the kernel
+    weights = compositing_weights(scene, 24, 32, 0.5)
+    dense_gram = weights @ weights.transpose(1, 2)
+    dense_rhs = weights @ target.reshape(2, 3, -1).transpose(1, 2)
+    # the kernel leaves out coverage below 1e-6 per pixel, as the renderers do
+    assert torch.allclose(gram, dense_gram, atol=1e-4) and torch.allclose(rhs, dense_rhs, atol=1e-4)
+    assert gram[0, 3].abs().max() == 0 and gram[0, :, 3].abs().max() == 0
+    assert torch.allclose(gram.sum((1, 2)), torch.full((2,), 24.0 * 32, dtype=torch.float64))  # weights sum to 1
+
+
+def test_the_kernel_and_the_dense_weights_solve_alike_and_gradients_take_the_dense_path():
+    scene = _scene(4)
+    target = torch.rand(2, 3, 24, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    fast = solve_colours(scene, target, 0.5)
+    verts = scene.vertices.clone().requires_grad_()
+    slow = solve_colours(scene._replace(vertices=verts), target, 0.5)  # a gradient is wanted: dense weights
+    slow.colors.sum().backward()
+    assert verts.grad is not None and torch.isfinite(verts.grad).all()
+    assert torch.allclose(fast.colors, slow.colors.detach(), atol=1e-4)
+
+
+def test_the_reported_error_is_the_solved_drawings():
+    scene = _scene(6)
+    target = torch.rand(2, 3, 24, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    solved, error = solve_and_score(scene, target, 0.5)
+    drawn = ReferenceRenderer(0.5)(solved, 24, 32)
+    assert torch.allclose(error, ((drawn - target) ** 2).mean((1, 2, 3)), rtol=1e-4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 
 import numpy as np
 import pytest
@@ -49,6 +50,20 @@ def test_a_shipped_model_loads_by_name_and_its_card_describes_it(shelf, trained)
     original, _ = load_model(trained)
     for key, value in original.state_dict().items():
         assert torch.equal(value, model.state_dict()[key]), key
+
+
+def test_a_model_ships_with_its_inference_settings_and_their_validation(trained, tmp_path):  # noqa: F811
+    folder = tmp_path / "shelf"
+    with pytest.raises(UserError, match="mirrors > 1 needs solve"):
+        ship(trained, "bad", data="d", command="c", into=folder, mirrors=2)
+    assert not folder.exists()  # refused before anything is written
+    card = ship(trained, "tiny", data="d", command="c", into=folder, solve=16, mirrors=2)
+    assert card["inference"] == {"solve": 16, "mirrors": 2}
+    model, cfg = load_model(folder / "tiny.pt")
+    assert (cfg.model.solve, cfg.model.mirrors) == (16, 2) == (model.solve, model.mirrors)
+    state = torch.load(trained / "checkpoint.pt", weights_only=True)
+    assert card["validation_shipped"]["pictures"] == len(state["split"]["val"])
+    assert math.isfinite(card["validation_shipped"]["psnr"])
 
 
 def test_instant_on_a_folder_writes_one_run_folder_per_image(shelf, data, tmp_path, capsys):  # noqa: F811

@@ -411,6 +411,41 @@ def test_training_and_validation_steps_name_their_devices(balancer, data):
         assert math.isfinite(trainer.validate(images, evaluators).summary()["psnr"])
 
 
+def test_a_scene_mirrored_back_draws_the_mirrored_drawing():
+    from triangulate_ai.model.network import MIRRORS, mirrored, mirrored_scene
+    from triangulate_ai.raster.reference import ReferenceRenderer
+
+    g = torch.Generator().manual_seed(0)
+    scene = tai.Scene(torch.rand(1, 6, 3, 2, generator=g), torch.rand(1, 6, 3, generator=g),
+                      torch.rand(1, 6, generator=g), torch.rand(1, 3, generator=g))
+    drawing = ReferenceRenderer(0.5)(scene, 20, 28)
+    for view in MIRRORS:
+        assert torch.allclose(ReferenceRenderer(0.5)(mirrored_scene(scene, *view), 20, 28), mirrored(drawing, *view),
+                              atol=1e-5)
+
+
+def test_a_model_with_mirrors_keeps_the_mirrored_prediction_whose_solved_drawing_is_closest():
+    from triangulate_ai.colours import solve_and_score
+    from triangulate_ai.model.network import MIRRORS, SOLVE_SIGMA, TriangleModel, mirrored, mirrored_scene
+
+    with pytest.raises(UserError, match="mirrors > 1 needs solve"):
+        load_model_config(None, [*TINY, "model.mirrors=4"])
+    cfg = load_model_config(None, [*TINY, "model.solve=24", "model.mirrors=4"])
+    torch.manual_seed(0)
+    model = TriangleModel(cfg).eval()
+    images = torch.rand(3, 3, 36, 48)
+    small = torch.nn.functional.interpolate(images, size=(18, 24), mode="bilinear", antialias=True, align_corners=False)
+    with torch.no_grad():
+        kept = model(images)
+        model.solve, model.mirrors = 0, 1
+        candidates = [mirrored_scene(model(mirrored(images, *view)), *view) for view in MIRRORS]
+    for b in range(3):
+        scored = [solve_and_score(type(c)(*(t[b:b + 1] for t in c)), small[b:b + 1], SOLVE_SIGMA) for c in candidates]
+        best = min(range(4), key=lambda i: float(scored[i][1]))
+        assert torch.allclose(kept.vertices[b], scored[best][0].vertices[0], atol=1e-6)
+        assert torch.allclose(kept.colors[b], scored[best][0].colors[0], atol=1e-6)
+
+
 def test_a_model_with_solve_gives_the_least_squares_colours_in_inference_only():
     from triangulate_ai.colours import solve_colours
     from triangulate_ai.model.network import SOLVE_SIGMA, TriangleModel

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from .raster.base import pixel_centres
+from .raster.base import pixel_centres, support_radius
+from .raster.kernels import KernelUnavailable, fused_raster
 from .raster.scene import Scene
 from .raster.sdf import signed_distance
+
+CUTOFF = 1e-6  # coverage below this is left out by the sparse kernel, as the renderers leave it out
 
 
 def compositing_weights(scene: Scene, height: int, width: int, sigma: float) -> torch.Tensor:
@@ -28,16 +31,45 @@ def compositing_weights(scene: Scene, height: int, width: int, sigma: float) -> 
     return torch.cat([alpha * above, above[:, :1] * clear[:, :1]], dim=1)
 
 
+def normal_equations(scene: Scene, target: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K, K) gram = A A^T and (B, K, 3) rhs = A y, A the compositing weights of every pixel
+    and y the target (B, 3, H, W). On CPU, when no gradient is wanted, the C++ kernel evaluates
+    each triangle only near itself (about 10x faster at 128 px); else the dense weights above."""
+    batch, _, height, width = target.shape
+    wants_grad = torch.is_grad_enabled() and (scene.vertices.requires_grad or scene.opacity.requires_grad)
+    if target.device.type == "cpu" and not wants_grad:
+        try:
+            kernel = fused_raster()
+        except KernelUnavailable:
+            kernel = None
+        if kernel is not None:
+            verts = scene.to_pixels(height, width).contiguous()
+            gram, rhs = kernel.colour_system(verts, scene.opacity.to(verts.dtype).contiguous(), target.contiguous(),
+                                             sigma, support_radius(sigma, CUTOFF))
+            return gram.to(target.dtype), rhs.to(target.dtype)
+    weights = compositing_weights(scene, height, width, sigma)  # (B, K, P), K = T + 1
+    pixels = target.reshape(batch, 3, -1).transpose(1, 2)  # (B, P, 3)
+    return weights @ weights.transpose(1, 2), weights @ pixels
+
+
 def solve_colours(scene: Scene, target: torch.Tensor, sigma: float, ridge: float = 1e-3) -> Scene:
     """`scene` with the colours and background that best draw `target` (B, 3, H, W) by least
     squares, clamped to [0, 1]. `ridge` (a share of the mean weight per pixel) pulls a triangle
     that covers almost nothing towards its present colour instead of to an arbitrary one."""
-    batch, _, height, width = target.shape
-    weights = compositing_weights(scene, height, width, sigma)  # (B, K, P), K = T + 1
-    gram = weights @ weights.transpose(1, 2)  # (B, K, K)
-    pixels = target.reshape(batch, 3, -1).transpose(1, 2)  # (B, P, 3)
+    return solve_and_score(scene, target, sigma, ridge)[0]
+
+
+def solve_and_score(scene: Scene, target: torch.Tensor, sigma: float,
+                    ridge: float = 1e-3) -> tuple[Scene, torch.Tensor]:
+    """solve_colours, and the (B,) mean squared error of each solved soft drawing against the
+    target, from the same normal equations: |A^T c - y|^2 = y.y - 2 c.(A y) + c.(A A^T c)."""
+    height, width = target.shape[-2:]
+    gram, rhs = normal_equations(scene, target, sigma)
     present = torch.cat([scene.colors, scene.background[:, None]], dim=1)  # (B, K, 3)
-    strength = ridge * height * width / weights.shape[1]
+    strength = ridge * height * width / gram.shape[-1]
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    solved = torch.linalg.solve(gram + strength * eye, weights @ pixels + strength * present).clamp(0, 1)
-    return scene._replace(colors=solved[:, :-1], background=solved[:, -1])
+    solved = torch.linalg.solve(gram + strength * eye, rhs + strength * present).clamp(0, 1)
+    squares = (target.to(gram.dtype) ** 2).sum((1, 2, 3)) - 2 * (solved * rhs).sum((1, 2)) + \
+        torch.einsum("bki,bkl,bli->b", solved, gram, solved)
+    error = squares.clamp_min(0) / (3 * height * width)
+    return scene._replace(colors=solved[:, :-1], background=solved[:, -1]), error

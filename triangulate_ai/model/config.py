@@ -71,11 +71,15 @@ class ModelConfig(Section):
     head: HeadConfig = HeadConfig()
     refine: int = Field(0, ge=0)  # the last `refine` triangles come from a second stage that sees the first's drawing
     solve: int = Field(0, ge=0)  # in inference: colours solved by least squares at this longer side (px); 0 = off
+    mirrors: Literal[1, 2, 4] = 1  # in inference: also predict the image mirrored (left-right, then up-down too)
+    # and keep, per image, the prediction whose solved drawing is closest to it (needs solve)
 
     @model_validator(mode="after")
     def _refiner(self) -> "ModelConfig":
         if self.refine and self.encoder.type != "small_cnn":
             raise ValueError("refine needs encoder type small_cnn (its second stage reads 9 channels)")
+        if self.mirrors > 1 and not self.solve:
+            raise ValueError("mirrors > 1 needs solve > 0 (mirrored predictions are compared by their solved error)")
         return self
 
 

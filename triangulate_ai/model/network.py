@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..colours import solve_colours
+from ..colours import solve_and_score
 from ..config import RenderConfig
 from ..init import resolve_background
 from ..raster import Renderer, make_renderer
@@ -45,6 +45,7 @@ class TriangleModel(nn.Module):
         self.learn_background = cfg.triangles.learn_background
         self.background = cfg.triangles.background
         self.solve = cfg.model.solve
+        self.mirrors = cfg.model.mirrors
 
     def _renderer(self, device: torch.device) -> Renderer:
         if str(device) not in self._renderers:
@@ -57,6 +58,20 @@ class TriangleModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> Scene:
         """Triangles for (B, 3, H, W) images in [0, 1]."""
+        if not self.solve or self.training or images.is_meta:
+            return self._predict(images)
+        views = MIRRORS[:self.mirrors]
+        scene = self._predict(torch.cat([mirrored(images, *view) for view in views]))
+        batch = images.shape[0]
+        parts = [mirrored_scene(Scene(*(t[i * batch:(i + 1) * batch] for t in scene)), *view)
+                 for i, view in enumerate(views)]
+        scene = Scene(*(torch.cat(ts) for ts in zip(*parts)))
+        scene, error = self._solved(scene, images.repeat(len(views), 1, 1, 1))
+        best = error.view(len(views), batch).argmin(0) * batch + torch.arange(batch, device=error.device)
+        return Scene(*(t[best] for t in scene))
+
+    def _predict(self, images: torch.Tensor) -> Scene:
+        """The network's triangles, colours as the head gives them."""
         side = self.input_size
         x = images
         if tuple(x.shape[-2:]) != (side, side):
@@ -75,24 +90,43 @@ class TriangleModel(nn.Module):
             more = self.refiner(self.refine_encoder(torch.cat([x, draft, x - draft], dim=1)), colours)
             scene = Scene(torch.cat([scene.vertices, more.vertices], 1), torch.cat([scene.colors, more.colors], 1),
                           torch.cat([scene.opacity, more.opacity], 1), scene.background)
-        if self.solve and not self.training and not images.is_meta:
-            scene = self._solved(scene, images)
         return scene
 
-    def _solved(self, scene: Scene, images: torch.Tensor) -> Scene:
+    def _solved(self, scene: Scene, images: torch.Tensor) -> tuple[Scene, torch.Tensor]:
         """The colours (and a learnt background) that best draw each image for the predicted shapes
         and opacities, by least squares (colours.py), the image downscaled to `solve` px on its
-        longer side; one image at a time, which bounds the memory of the coverage weights."""
+        longer side, and the error of each solved soft drawing there; one image at a time, which
+        bounds the memory of the dense coverage weights where the C++ kernel is missing."""
         height, width = images.shape[-2:]
         scale = min(1.0, self.solve / max(height, width))
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         small = images if size == (height, width) else nn.functional.interpolate(
             images, size=size, mode="bilinear", antialias=True, align_corners=False)
-        parts = [solve_colours(Scene(*(t[b:b + 1] for t in scene)), small[b:b + 1], SOLVE_SIGMA)
+        parts = [solve_and_score(Scene(*(t[b:b + 1] for t in scene)), small[b:b + 1], SOLVE_SIGMA)
                  for b in range(images.shape[0])]
-        colours = torch.cat([p.colors for p in parts])
-        background = torch.cat([p.background for p in parts]) if self.learn_background else scene.background
-        return scene._replace(colors=colours, background=background)
+        colours = torch.cat([p.colors for p, _ in parts])
+        background = torch.cat([p.background for p, _ in parts]) if self.learn_background else scene.background
+        return scene._replace(colors=colours, background=background), torch.cat([e for _, e in parts])
+
+
+MIRRORS = ((False, False), (True, False), (False, True), (True, True))  # (left-right, up-down), in the order tried
+
+
+def mirrored(images: torch.Tensor, across: bool, down: bool) -> torch.Tensor:
+    """(B, 3, H, W) images mirrored left-right (`across`) and/or up-down (`down`)."""
+    dims = [d for d, flip in ((-1, across), (-2, down)) if flip]
+    return images.flip(dims) if dims else images
+
+
+def mirrored_scene(scene: Scene, across: bool, down: bool) -> Scene:
+    """The scene mirrored as `mirrored` mirrors an image (coordinates are shares of the sides):
+    the prediction of a mirrored image, mapped back onto the image."""
+    vertices = scene.vertices
+    if across:
+        vertices = torch.stack([1 - vertices[..., 0], vertices[..., 1]], -1)
+    if down:
+        vertices = torch.stack([vertices[..., 0], 1 - vertices[..., 1]], -1)
+    return scene._replace(vertices=vertices)
 
 
 def memory_bytes(cfg: ModelRunConfig, batch: int, training: bool) -> int:

@@ -23,24 +23,30 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..config import config_from_mapping
 from ..errors import ArgumentParser, UserError, one_line_errors
 from ..export import rasterize_svg, scene_to_dict, svg_from_dict
 from ..io import load_image, write_atomic, write_json
 from ..metrics import image_quality
 from ..provenance import commit, cpu_name
+from .config import ModelRunConfig
 from .predict import SHIPPED, load_model
 from .record import read_model_checkpoint
 
 
-def ship(folder: Path, name: str, data: str, command: str, into: Path = SHIPPED, solve: int | None = None) -> dict:
+def ship(folder: Path, name: str, data: str, command: str, into: Path = SHIPPED, solve: int | None = None,
+         mirrors: int | None = None) -> dict:
     """Copy the finished training in `folder` into `into` as NAME.pt with its card NAME.json;
-    returns the card. `solve` sets model.solve of the shipped copy (colours by least squares in
-    inference); the card then also holds the validation of the shipped copy as it predicts."""
+    returns the card. `solve` and `mirrors` set model.solve and model.mirrors of the shipped copy
+    (inference only: colours by least squares, the best of mirrored predictions); the card then
+    also holds the validation of the shipped copy as it predicts."""
     path = folder / "checkpoint.pt"
     load_model(path)  # every check a user's load makes
     state = read_model_checkpoint(path, torch.device("cpu"))
-    if solve is not None:
-        state["config"] = {**state["config"], "model": {**state["config"]["model"], "solve": solve}}
+    inference = {key: value for key, value in (("solve", solve), ("mirrors", mirrors)) if value is not None}
+    if inference:
+        state["config"] = {**state["config"], "model": {**state["config"]["model"], **inference}}
+        config_from_mapping(state["config"], "the shipped settings", ModelRunConfig)  # refused before writing
     summary = json.loads((folder / "summary.json").read_text())
     if not summary.get("completed"):
         raise UserError(f"{folder}: the training did not finish (summary.json: completed is false)")
@@ -74,7 +80,8 @@ def ship(folder: Path, name: str, data: str, command: str, into: Path = SHIPPED,
         "validation": {"metrics_on": summary["metrics_on"], "during_training": True, **history[-1]},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "triangulate_ai": __version__},
     }
-    if solve is not None:
+    if inference:
+        card["inference"] = inference
         card["validation_shipped"] = validate(into / f"{name}.pt", state["split"]["val"])
     write_json(into / f"{name}.json", card)
     return card
@@ -101,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="what it was trained and validated on, for the card")
     parser.add_argument("--command", required=True, help="the command that trained it, for the card")
     parser.add_argument("--solve", type=int, help="model.solve of the shipped copy (px; colours by least squares)")
+    parser.add_argument("--mirrors", type=int, choices=(1, 2, 4), help="model.mirrors of the shipped copy")
     args: argparse.Namespace = parser.parse_args(argv)
 
     def run() -> int:
-        card = ship(args.folder, args.name, args.data, args.command, solve=args.solve)
+        card = ship(args.folder, args.name, args.data, args.command, solve=args.solve, mirrors=args.mirrors)
         print(json.dumps(card, indent=2))
         return 0
 

@@ -866,9 +866,82 @@ std::vector<at::Tensor> backward(const at::Tensor& verts, const at::Tensor& colo
   return {g_verts, g_colors, g_opacity, g_background};
 }
 
+// The normal equations of the colours' least squares (colours.py) for each image: gram = A A^T
+// and rhs = A y, where column p of A holds pixel p's compositing weights (T triangles in painter's
+// order, then the background) and y its target colour. A triangle's coverage is evaluated only on
+// the pixels within `grow` of it (farther, it is below the renderer's cutoff) and a pixel's nonzero
+// weights are few, so this costs pairs + pixels x depth^2 instead of the dense T x pixels x T.
+// Accumulated in double, in a fixed order: the result does not depend on the thread count.
+std::vector<at::Tensor> colour_system(const at::Tensor& verts, const at::Tensor& opacity, const at::Tensor& target,
+                                      double sigma, double grow) {
+  TORCH_CHECK(verts.device().is_cpu() && opacity.device().is_cpu() && target.device().is_cpu(),
+              "colour_system takes CPU tensors");
+  TORCH_CHECK(verts.dim() == 4 && verts.size(2) == 3 && verts.size(3) == 2, "vertices must be (B, T, 3, 2)");
+  const int64_t b_count = verts.size(0), n = verts.size(1), k = n + 1;
+  TORCH_CHECK(opacity.sizes() == at::IntArrayRef({b_count, n}), "opacity must be (B, T)");
+  TORCH_CHECK(target.dim() == 4 && target.size(0) == b_count && target.size(1) == 3, "target must be (B, 3, H, W)");
+  const int64_t height = target.size(2), width = target.size(3), pixels = height * width;
+  auto gram = at::zeros({b_count, k, k}, verts.options().dtype(at::kDouble));
+  auto rhs = at::zeros({b_count, k, 3}, verts.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "colour_system", [&] {
+    using T = scalar_t;
+    const auto v = verts.contiguous(), o = opacity.to(verts.scalar_type()).contiguous();
+    const auto y = target.to(verts.scalar_type()).contiguous();
+    const auto no_colour = at::zeros({b_count, n, 3}, verts.options());
+    const auto tris = prepare<T>(v, no_colour, o);
+    const T s = static_cast<T>(sigma), reach = static_cast<T>(grow);
+    at::parallel_for(0, b_count, 1, [&](int64_t lo, int64_t hi) {
+      std::vector<T> alpha(pixels * n);
+      std::vector<int32_t> ids(n);
+      std::vector<double> w(n + 1);
+      for (int64_t b = lo; b < hi; ++b) {
+        std::fill(alpha.begin(), alpha.end(), T(0));
+        const T* vb = v.data_ptr<T>() + b * n * 6;
+        for (int64_t t = 0; t < n; ++t) {  // coverage near each triangle, pixel-major
+          const T* p = vb + t * 6;
+          const T x0 = std::min({p[0], p[2], p[4]}) - reach, x1 = std::max({p[0], p[2], p[4]}) + reach;
+          const T y0 = std::min({p[1], p[3], p[5]}) - reach, y1 = std::max({p[1], p[3], p[5]}) + reach;
+          if (!(x1 >= T(0) && y1 >= T(0) && x0 <= T(width) && y0 <= T(height))) continue;  // off the canvas, or NaN
+          const int64_t c0 = std::max<int64_t>(0, static_cast<int64_t>(std::floor(x0 - T(0.5))));
+          const int64_t c1 = std::min<int64_t>(width - 1, static_cast<int64_t>(std::ceil(x1 - T(0.5))));
+          const int64_t r0 = std::max<int64_t>(0, static_cast<int64_t>(std::floor(y0 - T(0.5))));
+          const int64_t r1 = std::min<int64_t>(height - 1, static_cast<int64_t>(std::ceil(y1 - T(0.5))));
+          const Tri<T>& tri = tris[b * n + t];
+          for (int64_t r = r0; r <= r1; ++r)
+            for (int64_t c = c0; c <= c1; ++c)
+              alpha[(r * width + c) * n + t] = tri.op * sigmoid(signed_distance(tri, T(c) + T(0.5), T(r) + T(0.5)) / s);
+        }
+        double* g = gram.data_ptr<double>() + b * k * k;
+        double* h = rhs.data_ptr<double>() + b * k * 3;
+        const T* yb = y.data_ptr<T>() + b * 3 * pixels;
+        for (int64_t q = 0; q < pixels; ++q) {
+          const T* a = &alpha[q * n];
+          double clear = 1.0;
+          int64_t depth = 0;
+          for (int64_t t = n - 1; t >= 0; --t) {  // top down: each weight is its alpha times the clear share above
+            if (a[t] == T(0)) continue;
+            ids[depth] = static_cast<int32_t>(t);
+            w[depth++] = a[t] * clear;
+            clear *= 1.0 - a[t];
+          }
+          ids[depth] = static_cast<int32_t>(n);  // the background
+          w[depth++] = clear;
+          for (int64_t i = 0; i < depth; ++i) {
+            double* row = g + ids[i] * k;
+            for (int64_t j = 0; j < depth; ++j) row[ids[j]] += w[i] * w[j];
+            for (int c = 0; c < 3; ++c) h[ids[i] * 3 + c] += w[i] * yb[c * pixels + q];
+          }
+        }
+      }
+    });
+  });
+  return {gram, rhs};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "fused soft rasterizer: image, alpha and tile bins");
   m.def("backward", &backward, "fused soft rasterizer: gradients of vertices, colours, opacity, background");
+  m.def("colour_system", &colour_system, "normal equations of the colours' least squares: gram and rhs");
 }
