@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from triangulate_ai.config import LpipsTermConfig, VggTermConfig  # noqa: E402
+from triangulate_ai.loss.perceptual import LpipsTermConfig, VggTermConfig  # noqa: E402
 from triangulate_ai.loss.networks import clear_shared  # noqa: E402
 from triangulate_ai.loss.perceptual import LPIPSTerm, VGGPerceptual, lpips_network  # noqa: E402
 

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from triangulate_ai.api import prepare_target  # noqa: E402
-from triangulate_ai.config import LpipsTermConfig, RenderConfig, load_config  # noqa: E402
+from triangulate_ai.config import RenderConfig, load_config  # noqa: E402
+from triangulate_ai.loss.perceptual import LpipsTermConfig  # noqa: E402
 from triangulate_ai.loop import Fitter  # noqa: E402
 from triangulate_ai.io import load_image  # noqa: E402
 from triangulate_ai.loss import build_terms  # noqa: E402

@@ -9,7 +9,9 @@ import yaml
 
 from triangulate_ai.cli import main
 from triangulate_ai.balance import REGISTRY as BALANCERS
-from triangulate_ai.config import Config, LpipsTermConfig, VggTermConfig, load_config, MsSsimTermConfig
+from triangulate_ai.config import Config, load_config
+from triangulate_ai.loss.perceptual import LpipsTermConfig, VggTermConfig
+from triangulate_ai.loss.structural import MsSsimTermConfig
 from triangulate_ai.errors import UserError
 
 CONFIGS = Path(__file__).parent.parent / "configs"

@@ -11,7 +11,11 @@ import torch
 from PIL import Image
 
 from triangulate_ai.cli import main
-from triangulate_ai.config import EdgeConfig, EntropyConfig, MaskRatioConfig, ModifiersConfig, TargetSmoothingConfig
+from triangulate_ai.config import ModifiersConfig
+from triangulate_ai.loss.modifiers.edge import EdgeConfig
+from triangulate_ai.loss.modifiers.entropy import EntropyConfig
+from triangulate_ai.loss.modifiers.mask_ratio import MaskRatioConfig
+from triangulate_ai.loss.modifiers.target_smoothing import TargetSmoothingConfig
 from triangulate_ai.config import load_config
 from triangulate_ai.loop import Fitter
 from triangulate_ai.loss.modifiers import build_pipeline

@@ -11,7 +11,7 @@ import torch
 import torchvision
 
 from triangulate_ai.cli import main
-from triangulate_ai.config import LpipsConfig, LpipsTermConfig, VggTermConfig
+from triangulate_ai.loss.perceptual import LpipsConfig, LpipsTermConfig, VggTermConfig
 from triangulate_ai.errors import UserError
 from triangulate_ai.loss import networks
 from triangulate_ai.loss.perceptual import LPIPSTerm, VGGPerceptual, lpips_network

@@ -15,10 +15,15 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from .balance import REGISTRY as BALANCERS
 from .errors import UserError
+from .loss import TERMS
+from .loss.modifiers import REGISTRY as MODIFIERS
+from .loss.perceptual import LpipsConfig
+from .loss.terms import TermConfig
+from .raster import REGISTRY as RENDERERS
 from .section import Section
 
 DEFAULTS = "<defaults>"
@@ -39,6 +44,22 @@ _Loader.add_implicit_resolver(
 def safe_load(text: str) -> Any:
     """YAML as every config of this project is read (yaml.SafeLoader, plus 1e-3 as a float)."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def flat_options(registry: dict[str, type], what: str) -> dict[str, tuple[Any, Any]]:
+    """The options of every class of a registry as flat fields of one section (a config writes
+    them beside the key that names the class); an option two classes share (`lr`, `tile_size`,
+    ...) must mean the same in both."""
+    fields: dict[str, tuple[Any, Any]] = {}
+    owners: dict[str, str] = {}
+    for name, cls in registry.items():
+        for key, info in cls.Options.model_fields.items():
+            if key in fields and (fields[key][0], fields[key][1].default, fields[key][1].metadata) != \
+                    (info.annotation, info.default, info.metadata):
+                raise TypeError(f"{what} option '{key}' of {name} differs from that of {owners[key]}")
+            fields.setdefault(key, (info.annotation, info))
+            owners.setdefault(key, name)
+    return fields
 
 
 class ImageConfig(Section):
@@ -85,14 +106,18 @@ class TrianglesConfig(Section):
         return self
 
 
-class RenderConfig(Section):
-    backend: Literal["auto", "torch", "fused", "reference", "triton", "nvdiffrast"] = "auto"
+class _RenderSection(Section):
+    """The backend (`auto` or a registered one, raster/) with every backend's options flat beside
+    it: with `auto` the backend is known only on the device, so none is refused here."""
+
+    backend: Literal[("auto", *RENDERERS)] = "auto"
     sigma: float = Field(0.3, gt=0)  # pixels of the working resolution
     scale: float = Field(1.0, gt=0, le=1)  # working resolution of a fit: a share of the image's sides (a pyramid
     #                                        when scheduled: coarse steps first, each costing a fraction)
-    tile_size: int = Field(8, ge=1, le=256)
-    cutoff: float = Field(1e-6, gt=0, lt=0.5)
-    max_layers: int = Field(8, ge=1)
+
+
+RenderConfig = create_model("RenderConfig", __base__=_RenderSection, __module__=__name__,
+                            **flat_options(RENDERERS, "renderer"))
 
 
 class LearningRates(Section):
@@ -135,111 +160,12 @@ class OptimConfig(Section):
         return adam_betas(betas)
 
 
-class TermConfig(Section):
-    weight: float = Field(1.0, ge=0)
-    start_iter: int = Field(0, ge=0)
-    target_iter: int = Field(0, ge=0)
-
-    @field_validator("target_iter")
-    @classmethod
-    def _ramp_order(cls, target: int, info: ValidationInfo) -> int:
-        if target and target < info.data.get("start_iter", 0):
-            raise ValueError("target_iter must be 0 (no ramp) or >= start_iter")
-        return target
-
-
-VGG_BLOCKS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}  # convolutions per block
-
-
-def vgg_layer_names(arch: str) -> list[str]:
-    """Names of torchvision's VGG `features` modules in order: conv1_1, relu1_1, ..., pool5."""
-    names = []
-    for block, convs in enumerate(VGG_BLOCKS[arch], start=1):
-        for i in range(1, convs + 1):
-            names += [f"conv{block}_{i}", f"relu{block}_{i}"]
-        names.append(f"pool{block}")
-    return names
-
-
-class VggTermConfig(TermConfig):
-    arch: Literal["vgg16", "vgg19"] = "vgg16"
-    layers: list[str] = ["relu1_2", "relu2_2", "relu3_3", "relu4_3"]
-    layer_weights: Optional[list[float]] = None
-    distance: Literal["l1", "l2"] = "l1"
-    weights: str = "imagenet"
-    resolution: Optional[int] = Field(None, ge=16)  # longer side the network sees (None: the image's)
-
-    @field_validator("layers")
-    @classmethod
-    def _known_layers(cls, layers: list[str], info: ValidationInfo) -> list[str]:
-        known = vgg_layer_names(info.data.get("arch", "vgg16"))
-        unknown = [name for name in layers if name not in known]
-        if unknown or not layers:
-            raise ValueError(f"layers must be names of {info.data.get('arch', 'vgg16')} layers "
-                             f"({known[0]}, {known[1]}, ..., {known[-1]}); unknown: {unknown}")
-        return layers
-
-    @field_validator("layer_weights")
-    @classmethod
-    def _one_weight_per_layer(cls, weights: Optional[list[float]], info: ValidationInfo) -> Optional[list[float]]:
-        if weights is not None and len(weights) != len(info.data.get("layers", [])):
-            raise ValueError("layer_weights needs one number per entry of layers (or null for all 1)")
-        return weights
-
-
-class LpipsConfig(Section):
-    net: Literal["vgg", "alex", "squeeze"] = "vgg"
-    weights: str = "imagenet"
-
-
-class LpipsTermConfig(LpipsConfig):
-    weight: float = Field(1.0, ge=0)
-    start_iter: int = Field(0, ge=0)
-    target_iter: int = Field(0, ge=0)
-    resolution: Optional[int] = Field(None, ge=16)  # longer side the network sees (None: the image's)
-
-
-class SsimTermConfig(TermConfig):
-    win_size: int = Field(11, ge=3)  # side of the Gaussian window (odd)
-    sigma: float = Field(1.5, gt=0)
-
-    @field_validator("win_size")
-    @classmethod
-    def _odd(cls, size: int) -> int:
-        if size % 2 == 0:
-            raise ValueError("win_size must be odd (a window centred on its pixel)")
-        return size
-
-
-class MsSsimTermConfig(SsimTermConfig):
-    scales: int = Field(5, ge=1, le=5)  # at most; fewer when the image has no room for them
-
-
-class LossTerms(Section):
-    l1: Optional[TermConfig] = TermConfig()
-    l2: Optional[TermConfig] = None
-    ssim: Optional[SsimTermConfig] = None
-    ms_ssim: Optional[MsSsimTermConfig] = None
-    vgg: Optional[VggTermConfig] = None
-    lpips: Optional[LpipsTermConfig] = None
+LossTerms = create_model(  # every registered term (loss/), in the order registered; l1 on unless configured
+    "LossTerms", __base__=Section, __module__=__name__,
+    **{name: (Optional[cls.Options], cls.Options() if cls.on_by_default else None) for name, cls in TERMS.items()})
 
 
 BALANCER_OPTIONS = {name: tuple(cls.Options.model_fields) for name, cls in BALANCERS.items()}
-
-
-def _balancer_fields() -> dict[str, tuple[Any, Any]]:
-    """Every balancer's options as flat fields (a config writes them beside `loss.type`); an option
-    two methods share (`lr`, `epsilon`, ...) must mean the same in both."""
-    fields: dict[str, tuple[Any, Any]] = {}
-    owners: dict[str, str] = {}
-    for name, cls in BALANCERS.items():
-        for key, info in cls.Options.model_fields.items():
-            if key in fields and (fields[key][0], fields[key][1].default, fields[key][1].metadata) != \
-                    (info.annotation, info.default, info.metadata):
-                raise TypeError(f"balancer option '{key}' of {name} differs from that of {owners[key]}")
-            fields.setdefault(key, (info.annotation, info))
-            owners.setdefault(key, name)
-    return fields
 
 
 class _LossSection(Section):
@@ -273,7 +199,8 @@ class _LossSection(Section):
         return {name: cfg for name, cfg in self.terms if cfg is not None}
 
 
-LossConfig = create_model("LossConfig", __base__=_LossSection, __module__=__name__, **_balancer_fields())
+LossConfig = create_model("LossConfig", __base__=_LossSection, __module__=__name__,
+                          **flat_options(BALANCERS, "balancer"))
 
 
 class ScheduleConfig(Section):
@@ -332,40 +259,9 @@ class RegularizerConfig(Section):
     margin: float = Field(0.05, ge=0)
 
 
-class TargetSmoothingConfig(Section):
-    enabled: bool = False
-    sigma: float = Field(2.0, ge=0)
-
-
-class MaskRatioConfig(Section):
-    enabled: bool = False
-    power: float = Field(0.5, ge=0)
-    min_weight: float = Field(0.1, gt=0)
-    max_weight: float = Field(10.0, gt=0)
-    eps: float = Field(1e-8, gt=0)
-    mask_file: Optional[str] = None
-
-
-class EntropyConfig(Section):
-    enabled: bool = False
-    weight: float = Field(1.0, gt=0)
-    threshold: float = Field(0.0, ge=0)
-    eps: float = Field(1e-8, gt=0)
-    normalized: bool = True
-
-
-class EdgeConfig(Section):
-    enabled: bool = False
-    strength: float = Field(1.0, ge=0)
-
-
-class ModifiersConfig(Section):
-    """Opt-in, applied in this order: target_smoothing, mask_ratio, edge, entropy."""
-
-    target_smoothing: TargetSmoothingConfig = TargetSmoothingConfig()
-    mask_ratio: MaskRatioConfig = MaskRatioConfig()
-    edge: EdgeConfig = EdgeConfig()
-    entropy: EntropyConfig = EntropyConfig()
+ModifiersConfig = create_model(  # every registered modifier (loss/modifiers/), opt-in, applied in this order
+    "ModifiersConfig", __base__=Section, __module__=__name__,
+    **{key: (cls.Options, cls.Options()) for key, cls in MODIFIERS.items()})
 
 
 class TensorBoardConfig(Section):

@@ -11,7 +11,7 @@ from skimage.color import deltaE_ciede2000, rgb2lab
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.transform import downscale_local_mean
 
-from .config import LpipsConfig
+from .loss.perceptual import LpipsConfig
 from .errors import UserError
 from .loss.perceptual import lpips_network
 

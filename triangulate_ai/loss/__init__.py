@@ -1,21 +1,26 @@
-"""Loss terms and the balancers that combine them."""
+"""Loss terms and the modifiers of their per-pixel maps. Every module of this package is imported
+here, the three that hold the built-in terms first (their order is the config's): each `LossTerm`
+subclass with a `name` registers itself with its `Options` (terms.REGISTRY), as each `Modifier`
+does (modifiers.REGISTRY), so a new term is one more file in this folder."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import importlib
+import pkgutil
 
-from ..config import LossConfig
-from .perceptual import LPIPSTerm, VGGPerceptual
-from .structural import MSSSIM, SSIM
-from .terms import L1, L2, LossTerm
+# the built-in terms register in this order, the config's: l1, l2, then ssim, ms_ssim, then vgg, lpips
+from . import terms  # noqa: F401
+from . import structural  # noqa: F401
+from . import perceptual  # noqa: F401
+from .terms import REGISTRY as TERMS
+from .terms import LossTerm
 
-TERMS: dict[str, Callable[[Any], LossTerm]] = {
-    "l1": lambda cfg: L1(), "l2": lambda cfg: L2(),
-    "ssim": lambda cfg: SSIM(cfg.win_size, cfg.sigma),
-    "ms_ssim": lambda cfg: MSSSIM(cfg.win_size, cfg.sigma, cfg.scales),
-    "vgg": VGGPerceptual, "lpips": LPIPSTerm}
+__all__ = ["LossTerm", "TERMS", "build_terms"]
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
-def build_terms(cfg: LossConfig) -> dict[str, LossTerm]:
-    """The enabled terms, in config order, keyed by name."""
-    return {name: TERMS[name](term_cfg) for name, term_cfg in cfg.active_terms().items()}
+def build_terms(cfg) -> dict[str, LossTerm]:
+    """The enabled terms of `cfg` (a LossConfig), in config order, keyed by name."""
+    return {name: TERMS[name].from_config(term_cfg) for name, term_cfg in cfg.active_terms().items()}

@@ -8,19 +8,76 @@ masked-out pixels contribute no difference (the mean still runs over the whole i
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING, Literal, Optional
 
-import lpips
 import torch
 import torchvision
+from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from ..config import LpipsConfig, VggTermConfig, vgg_layer_names
+from ..section import Section
 from .networks import backbone_state, fixed_init, load_into, shared
-from .terms import LossTerm
+from .terms import LossTerm, TermConfig
+
+if TYPE_CHECKING:
+    import lpips
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LPIPS_BACKBONES = {"vgg": "vgg16", "alex": "alexnet", "squeeze": "squeezenet1_1"}
+
+
+VGG_BLOCKS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}  # convolutions per block
+
+
+def vgg_layer_names(arch: str) -> list[str]:
+    """Names of torchvision's VGG `features` modules in order: conv1_1, relu1_1, ..., pool5."""
+    names = []
+    for block, convs in enumerate(VGG_BLOCKS[arch], start=1):
+        for i in range(1, convs + 1):
+            names += [f"conv{block}_{i}", f"relu{block}_{i}"]
+        names.append(f"pool{block}")
+    return names
+
+
+class VggTermConfig(TermConfig):
+    arch: Literal["vgg16", "vgg19"] = "vgg16"
+    layers: list[str] = ["relu1_2", "relu2_2", "relu3_3", "relu4_3"]
+    layer_weights: Optional[list[float]] = None
+    distance: Literal["l1", "l2"] = "l1"
+    weights: str = "imagenet"
+    resolution: Optional[int] = Field(None, ge=16)  # longer side the network sees (None: the image's)
+
+    @field_validator("layers")
+    @classmethod
+    def _known_layers(cls, layers: list[str], info: ValidationInfo) -> list[str]:
+        known = vgg_layer_names(info.data.get("arch", "vgg16"))
+        unknown = [name for name in layers if name not in known]
+        if unknown or not layers:
+            raise ValueError(f"layers must be names of {info.data.get('arch', 'vgg16')} layers "
+                             f"({known[0]}, {known[1]}, ..., {known[-1]}); unknown: {unknown}")
+        return layers
+
+    @field_validator("layer_weights")
+    @classmethod
+    def _one_weight_per_layer(cls, weights: Optional[list[float]], info: ValidationInfo) -> Optional[list[float]]:
+        if weights is not None and len(weights) != len(info.data.get("layers", [])):
+            raise ValueError("layer_weights needs one number per entry of layers (or null for all 1)")
+        return weights
+
+
+class LpipsConfig(Section):
+    """The LPIPS network (of the loss term and of the `eval.lpips` metric)."""
+
+    net: Literal["vgg", "alex", "squeeze"] = "vgg"
+    weights: str = "imagenet"
+
+
+class LpipsTermConfig(LpipsConfig):
+    weight: float = Field(1.0, ge=0)
+    start_iter: int = Field(0, ge=0)
+    target_iter: int = Field(0, ge=0)
+    resolution: Optional[int] = Field(None, ge=16)  # longer side the network sees (None: the image's)
 
 
 def _masked(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -43,6 +100,11 @@ class VGGPerceptual(LossTerm):
     ImageNet normalisation. Only the layers up to the deepest one asked for are built."""
 
     name = "vgg"
+    Options = VggTermConfig
+
+    @classmethod
+    def from_config(cls, options: VggTermConfig) -> "VGGPerceptual":
+        return cls(options)
 
     def __init__(self, cfg: VggTermConfig, setting: str = "loss.terms.vgg.weights") -> None:
         names = vgg_layer_names(cfg.arch)
@@ -101,9 +163,12 @@ class VGGPerceptual(LossTerm):
         return total
 
 
-def build_lpips(net: str, weights: str, setting: str) -> lpips.LPIPS:
+def build_lpips(net: str, weights: str, setting: str) -> "lpips.LPIPS":
     """lpips.LPIPS with its calibrated linear heads (shipped in the lpips package) on a backbone
-    whose weights come from `backbone_state` (so offline runs say exactly what is missing)."""
+    whose weights come from `backbone_state` (so offline runs say exactly what is missing). The
+    package is imported here: the config, which reads this module's options, does not need it."""
+    import lpips
+
     with warnings.catch_warnings(), fixed_init():
         warnings.simplefilter("ignore")
         model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
@@ -114,7 +179,7 @@ def build_lpips(net: str, weights: str, setting: str) -> lpips.LPIPS:
     return model
 
 
-def lpips_network(cfg: LpipsConfig, setting: str, device: torch.device, dtype: torch.dtype) -> lpips.LPIPS:
+def lpips_network(cfg: LpipsConfig, setting: str, device: torch.device, dtype: torch.dtype) -> "lpips.LPIPS":
     return shared(("lpips", cfg.net, cfg.weights), device, dtype, lambda: build_lpips(cfg.net, cfg.weights, setting))
 
 
@@ -122,6 +187,11 @@ class LPIPSTerm(LossTerm):
     """LPIPS distance (Zhang et al. 2018); images in [0, 1] are mapped to [-1, 1] by lpips."""
 
     name = "lpips"
+    Options = LpipsTermConfig
+
+    @classmethod
+    def from_config(cls, options: LpipsTermConfig) -> "LPIPSTerm":
+        return cls(options)
 
     def __init__(self, cfg: LpipsConfig, setting: str = "loss.terms.lpips.weights") -> None:
         self.cfg, self.setting = cfg, setting

@@ -18,9 +18,10 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import Field, field_validator
 from torch.nn import functional as F
 
-from .terms import LossTerm, masked_mean
+from .terms import LossTerm, TermConfig, masked_mean
 
 K1, K2 = 0.01, 0.03
 MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, finest scale first
@@ -59,6 +60,22 @@ def ssim_parts(pred: torch.Tensor, target: torch.Tensor, window: torch.Tensor, p
     return luminance, contrast
 
 
+class SsimTermConfig(TermConfig):
+    win_size: int = Field(11, ge=3)  # side of the Gaussian window (odd)
+    sigma: float = Field(1.5, gt=0)
+
+    @field_validator("win_size")
+    @classmethod
+    def _odd(cls, size: int) -> int:
+        if size % 2 == 0:
+            raise ValueError("win_size must be odd (a window centred on its pixel)")
+        return size
+
+
+class MsSsimTermConfig(SsimTermConfig):
+    scales: int = Field(5, ge=1, le=5)  # at most; fewer when the image has no room for them
+
+
 def _fits(pred: torch.Tensor, size: int, name: str) -> None:
     height, width = pred.shape[-2:]
     if min(height, width) < size:
@@ -69,9 +86,14 @@ class SSIM(LossTerm):
     """1 - SSIM per scene: 0 for a perfect match."""
 
     name = "ssim"
+    Options = SsimTermConfig
 
     def __init__(self, window: int = 11, sigma: float = 1.5) -> None:
         self.window = gaussian_window(window, sigma)
+
+    @classmethod
+    def from_config(cls, options: SsimTermConfig) -> "SSIM":
+        return cls(options.win_size, options.sigma)
 
     def per_pixel(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """1 - the SSIM map at every pixel (reflected border), for the modifier pipeline."""
@@ -97,9 +119,14 @@ class MSSSIM(LossTerm):
     """1 - MS-SSIM per scene, at as many scales as the image allows (up to `scales`)."""
 
     name = "ms_ssim"
+    Options = MsSsimTermConfig
 
     def __init__(self, window: int = 11, sigma: float = 1.5, scales: int = len(MS_WEIGHTS)) -> None:
         self.window, self.scales = gaussian_window(window, sigma), scales
+
+    @classmethod
+    def from_config(cls, options: MsSsimTermConfig) -> "MSSSIM":
+        return cls(options.win_size, options.sigma, options.scales)
 
     def __call__(self, pred, target, mask=None):
         size = self.window.numel()

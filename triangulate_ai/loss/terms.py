@@ -1,16 +1,53 @@
-"""Loss terms: each scores a batch of renders against their targets, one value per scene (B,)."""
+"""Loss terms: each scores a batch of renders against their targets, one value per scene (B,).
+
+Each term class declares its name (its key under `loss.terms`) and its options (`Options`, a
+Section) and registers itself when defined (REGISTRY, in the order defined: the order of the
+config's keys and of the terms in a run); the config gathers them from here."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
+from pydantic import Field, ValidationInfo, field_validator
+
+from ..section import Section
+
+REGISTRY: dict[str, type["LossTerm"]] = {}  # loss.terms key -> the class, filled as the classes are defined
+
+
+class TermConfig(Section):
+    """What every term has: its weight, and its ramp (0 before start_iter, up to 1 at target_iter)."""
+
+    weight: float = Field(1.0, ge=0)
+    start_iter: int = Field(0, ge=0)
+    target_iter: int = Field(0, ge=0)
+
+    @field_validator("target_iter")
+    @classmethod
+    def _ramp_order(cls, target: int, info: ValidationInfo) -> int:
+        if target and target < info.data.get("start_iter", 0):
+            raise ValueError("target_iter must be 0 (no ramp) or >= start_iter")
+        return target
 
 
 class LossTerm(ABC):
     """A named image loss. `mask` (B, 1, H, W) in [0, 1] restricts it to valid pixels."""
 
-    name: str = "term"
+    name: ClassVar[str] = "term"
+    Options: ClassVar[type[Section]] = TermConfig
+    on_by_default: ClassVar[bool] = False  # in a config that does not mention it
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            REGISTRY[cls.name] = cls
+
+    @classmethod
+    def from_config(cls, options: Section) -> "LossTerm":
+        """The term for its `loss.terms.<name>` section."""
+        return cls()
 
     def prepare(self, device: torch.device, dtype: torch.dtype) -> None:
         """Load whatever the term needs (pretrained networks) before the first step, so a
@@ -54,6 +91,7 @@ class L1(LossTerm):
     """Mean absolute error per channel and pixel."""
 
     name = "l1"
+    on_by_default = True
 
     def per_pixel(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss map before reduction, for the modifier pipeline."""

@@ -1,49 +1,48 @@
-"""Renderer backends behind one interface; `make_renderer` picks one from the config."""
+"""Renderer backends behind one interface; `make_renderer` picks one from the config. Every
+module of this package is imported here (the optional backends import their own packages only
+when used), and each `Renderer` with a `name` registers itself (base.REGISTRY)."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import sys
 
 import torch
 
-from ..config import RenderConfig
-from ..errors import UserError
-from .base import Renderer
+# the built-in backends register in this order (the order the config lists them in)
+from .torch_tiles import TiledRenderer  # noqa: I001
+from . import fused  # noqa: F401
 from .reference import ReferenceRenderer
+from . import triton, nvdiffrast  # noqa: F401
+from .base import REGISTRY, Renderer
 from .scene import Scene
-from .torch_tiles import TiledRenderer
 
-__all__ = ["Renderer", "ReferenceRenderer", "Scene", "TiledRenderer", "make_renderer"]
+__all__ = ["REGISTRY", "Renderer", "ReferenceRenderer", "Scene", "TiledRenderer", "make_renderer"]
+
+for _module in pkgutil.iter_modules(__path__):  # the compiled kernels build and load when first used
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 _warned: set[str] = set()
 
 
-def make_renderer(cfg: RenderConfig, device: torch.device | str = "cpu") -> Renderer:
-    """`auto` picks the fastest backend that passes parity on the device: on CPU the fused kernel,
-    or the tiled renderer (one warning line saying why) when the kernel cannot be built or loaded;
-    on CUDA the Triton renderer when triton imports, else nvdiffrast when the package is present,
-    else the tiled renderer. Optional backends are imported only when chosen."""
-    from . import fused, nvdiffrast, triton
-
-    on_cuda = torch.device(device).type == "cuda"
-    auto = cfg.backend == "auto"
-    if cfg.backend == "reference":
-        return ReferenceRenderer(cfg.sigma)
-    if cfg.backend == "triton" or (auto and on_cuda and triton.available()):
-        return triton.TritonRenderer(cfg.sigma, cfg.tile_size, cfg.cutoff)
-    if cfg.backend == "nvdiffrast" or (auto and on_cuda and nvdiffrast.available()):
-        return nvdiffrast.NvdiffrastRenderer(cfg.max_layers)
-    if cfg.backend == "fused":
-        if on_cuda:
-            raise UserError("render.backend = fused runs on CPU only; use render.backend=auto (triton) or torch "
-                            "on CUDA")
-        return fused.FusedRenderer(cfg.sigma, cfg.tile_size, cfg.cutoff)
-    if cfg.backend == "auto" and not on_cuda:
-        reason = fused.unavailable_reason()
+def make_renderer(cfg, device: torch.device | str = "cpu") -> Renderer:
+    """The backend `cfg.backend` names (`cfg`: a RenderConfig) on `device`. `auto` picks the
+    fastest backend that passes parity on the device: on CPU the fused kernel, on CUDA the Triton
+    renderer, then nvdiffrast; the tiled renderer where none of those can run (with one warning
+    line naming what could not, and why)."""
+    kind = torch.device(device).type
+    if cfg.backend != "auto":
+        return REGISTRY[cfg.backend].from_config(cfg, kind)
+    skipped = []
+    for cls in sorted((c for c in REGISTRY.values() if kind in c.auto_on), key=lambda c: -c.preference):
+        reason = cls.unavailable(kind)
         if reason is None:
-            return fused.FusedRenderer(cfg.sigma, cfg.tile_size, cfg.cutoff)
-        if reason not in _warned:
-            _warned.add(reason)
-            print(f"warning: render.backend=auto: the fused CPU kernel is unavailable ({reason}); "
-                  "using the tiled torch renderer", file=sys.stderr)
-    return TiledRenderer(cfg.sigma, cfg.tile_size, cfg.cutoff)
+            for what in skipped:
+                if what not in _warned:
+                    _warned.add(what)
+                    print(f"warning: render.backend=auto: {what}; using {cls.description}", file=sys.stderr)
+            return cls.from_config(cfg, kind)
+        if kind == "cpu":  # on CUDA the optional packages are often absent by choice: no warning
+            skipped.append(f"{cls.description} is unavailable ({reason})")
+    raise RuntimeError(f"no renderer backend can run on {kind}")  # the tiled renderer runs everywhere

@@ -1,13 +1,32 @@
-"""The Renderer interface every backend implements."""
+"""The Renderer interface every backend implements. Each backend class declares its name (its
+`render.backend`), its options and where `auto` may pick it, and registers itself when defined
+(REGISTRY); the config gathers the names and options from there."""
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
+from pydantic import Field
 
+from ..section import Section
 from .scene import Scene
+
+REGISTRY: dict[str, type["Renderer"]] = {}  # render.backend -> the class, filled as the classes are defined
+
+
+class NoOptions(Section):
+    """A backend without options besides `sigma` (and `scale`, the fit's), which every one takes."""
+
+
+class TiledOptions(Section):
+    """The tile binning's: square tiles of tile_size pixels; a triangle reaches the tiles within
+    the radius past which its coverage is below cutoff."""
+
+    tile_size: int = Field(8, ge=1, le=256)
+    cutoff: float = Field(1e-6, gt=0, lt=0.5)
 
 # Largest alpha used in log-transmittance, so log(1 - alpha) stays finite in float32.
 MAX_ALPHA = 1.0 - 1e-6
@@ -20,7 +39,26 @@ class Renderer(ABC):
     alpha = opacity * coverage; colour = alpha * rgb + (1 - alpha) * colour_below.
     """
 
-    name: str = "renderer"
+    name: ClassVar[str] = "renderer"
+    Options: ClassVar[type[Section]] = NoOptions
+    auto_on: ClassVar[tuple[str, ...]] = ()  # device types on which render.backend=auto may pick it
+    preference: ClassVar[int] = 0  # auto tries the backends of a device from the highest preference down
+    description: ClassVar[str] = ""  # how a warning names it ("the fused CPU kernel")
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            REGISTRY[cls.name] = cls
+
+    @classmethod
+    def from_config(cls, cfg, device_type: str) -> "Renderer":
+        """The backend for `cfg` (a RenderConfig) on a device of `device_type` ("cpu", "cuda")."""
+        return cls(cfg.sigma)
+
+    @classmethod
+    def unavailable(cls, device_type: str) -> str | None:
+        """Why render.backend=auto cannot use it here (one line), or None."""
+        return None
 
     def __init__(self, sigma: float = 0.5) -> None:
         if not sigma > 0:
@@ -43,6 +81,12 @@ class Renderer(ABC):
 class TiledBase(Renderer):
     """A renderer that bins triangles to square tiles: every triangle is drawn on the tiles within
     the radius past which its coverage falls below `cutoff` (binning.py)."""
+
+    Options = TiledOptions
+
+    @classmethod
+    def from_config(cls, cfg, device_type: str) -> "Renderer":
+        return cls(cfg.sigma, cfg.tile_size, cfg.cutoff)
 
     def __init__(self, sigma: float = 0.5, tile_size: int = 8, cutoff: float = 1e-6) -> None:
         super().__init__(sigma)

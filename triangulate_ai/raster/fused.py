@@ -57,6 +57,20 @@ class _FusedRaster(torch.autograd.Function):
 
 class FusedRenderer(TiledBase):
     name = "fused"
+    auto_on = ("cpu",)
+    preference = 10
+    description = "the fused CPU kernel"
+
+    @classmethod
+    def from_config(cls, cfg, device_type: str) -> "FusedRenderer":
+        if device_type != "cpu":
+            raise UserError("render.backend = fused runs on CPU only; use render.backend=auto (triton) or torch "
+                            "on CUDA")
+        return cls(cfg.sigma, cfg.tile_size, cfg.cutoff)
+
+    @classmethod
+    def unavailable(cls, device_type: str) -> str | None:
+        return unavailable_reason()
 
     def __init__(self, sigma: float = 0.5, tile_size: int = 8, cutoff: float = 1e-6) -> None:
         super().__init__(sigma, tile_size, cutoff)

@@ -23,7 +23,10 @@ import importlib.util
 
 import torch
 
+from pydantic import Field
+
 from ..errors import UserError
+from ..section import Section
 from .base import Renderer
 from .scene import Scene
 
@@ -54,8 +57,24 @@ def vertex_attributes(scene: Scene) -> torch.Tensor:
     return per_triangle.repeat_interleave(3, dim=1)
 
 
+class NvdiffrastOptions(Section):
+    max_layers: int = Field(8, ge=1)  # depth-peeling passes: overlaps deeper than this are not drawn
+
+
 class NvdiffrastRenderer(Renderer):
     name = "nvdiffrast"
+    Options = NvdiffrastOptions
+    auto_on = ("cuda",)
+    preference = 15
+    description = "nvdiffrast"
+
+    @classmethod
+    def from_config(cls, cfg, device_type: str) -> "NvdiffrastRenderer":
+        return cls(cfg.max_layers)
+
+    @classmethod
+    def unavailable(cls, device_type: str) -> str | None:
+        return None if available() else "the nvdiffrast package or CUDA is missing"
 
     def __init__(self, max_layers: int = 8) -> None:
         super().__init__(sigma=1.0)  # unused: nvdiffrast's edges are analytic, not sigmoid

@@ -25,6 +25,8 @@ BYTES_PER_PAIR_PIXEL = 265
 
 class TiledRenderer(TiledBase):
     name = "torch"
+    auto_on = ("cpu", "cuda")  # the fallback everywhere
+    description = "the tiled torch renderer"
 
     def step_bytes(self, count, batch, height, width, tiles_per_triangle):
         return count * tiles_per_triangle * self.tile_size**2 * BYTES_PER_PAIR_PIXEL

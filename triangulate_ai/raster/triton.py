@@ -103,6 +103,13 @@ class _Raster(torch.autograd.Function):
 
 class TritonRenderer(TiledBase):
     name = "triton"
+    auto_on = ("cuda",)
+    preference = 20
+    description = "the Triton renderer"
+
+    @classmethod
+    def unavailable(cls, device_type: str) -> str | None:
+        return None if available() else "the triton package is not installed"
 
     def __init__(self, sigma: float = 0.5, tile_size: int = 8, cutoff: float = 1e-6) -> None:
         super().__init__(sigma, tile_size, cutoff)

@@ -1,4 +1,6 @@
 """The loss-modifier pipeline: opt-in modifiers in a fixed order, nothing at all when none is on.
+Every module of this package is imported here; each Modifier with a `key` registers itself
+(base.REGISTRY, by its `order`), and the config gathers their options from there.
 
 Order: target smoothing (changes the target every term sees), mask ratio weighting, edge
 weighting, error-entropy weighting (these three transform the per-pixel map of terms that have
@@ -7,19 +9,19 @@ one: L1; VGG and LPIPS have no per-pixel map and see only the smoothed target).
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from contextlib import contextmanager
 
 import torch
 
-from ...config import ModifiersConfig
 from ..terms import masked_mean
-from .base import Modifier
-from .edge import EdgeWeight
-from .entropy import EntropyWeight
-from .mask_ratio import MaskRatioWeight
-from .target_smoothing import TargetSmoothing
+from .base import REGISTRY, Modifier
 
-__all__ = ["Modifier", "ModifierPipeline", "build_pipeline"]
+__all__ = ["Modifier", "ModifierPipeline", "REGISTRY", "build_pipeline"]
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 class ModifierPipeline:
@@ -62,14 +64,6 @@ class ModifierPipeline:
         return [m.name for m in self.modifiers]
 
 
-def build_pipeline(cfg: ModifiersConfig) -> ModifierPipeline:
-    """The enabled modifiers, in the fixed order."""
-    makers = {"target_smoothing": TargetSmoothing, "mask_ratio": MaskRatioWeight, "edge": EdgeWeight,
-              "entropy": EntropyWeight}
-    modifiers = []
-    for key, make in makers.items():
-        sub = getattr(cfg, key)
-        if sub.enabled:
-            modifiers.append(make(sub))
-            modifiers[-1].key = key  # its config name, for schedules (modifiers.<key>.<option>)
-    return ModifierPipeline(modifiers)
+def build_pipeline(cfg) -> ModifierPipeline:
+    """The enabled modifiers of `cfg` (a ModifiersConfig), in their order."""
+    return ModifierPipeline([cls(getattr(cfg, key)) for key, cls in REGISTRY.items() if getattr(cfg, key).enabled])

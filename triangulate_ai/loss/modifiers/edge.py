@@ -8,8 +8,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...config import EdgeConfig
-from .base import Modifier
+from pydantic import Field
+
+from .base import Modifier, ModifierOptions
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 _LUMA = (0.299, 0.587, 0.114)
@@ -36,8 +37,15 @@ def edge_weights(target: torch.Tensor, strength: float) -> torch.Tensor:
     return weights / weights.mean(dim=(2, 3), keepdim=True)
 
 
+class EdgeConfig(ModifierOptions):
+    strength: float = Field(1.0, ge=0)
+
+
 class EdgeWeight(Modifier):
     name = "EdgeWeight"
+    key = "edge"
+    Options = EdgeConfig
+    order = 30
 
     def __init__(self, cfg: EdgeConfig) -> None:
         super().__init__()

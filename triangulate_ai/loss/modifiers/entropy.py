@@ -13,8 +13,16 @@ import math
 
 import torch
 
-from ...config import EntropyConfig
-from .base import Modifier
+from pydantic import Field
+
+from .base import Modifier, ModifierOptions
+
+
+class EntropyConfig(ModifierOptions):
+    weight: float = Field(1.0, gt=0)
+    threshold: float = Field(0.0, ge=0)
+    eps: float = Field(1e-8, gt=0)
+    normalized: bool = True
 
 
 def error_entropy(per_pixel: torch.Tensor, mask: torch.Tensor | None, eps: float, normalized: bool) -> torch.Tensor:
@@ -35,6 +43,9 @@ def error_entropy(per_pixel: torch.Tensor, mask: torch.Tensor | None, eps: float
 
 class EntropyWeight(Modifier):
     name = "EntropyWeight"
+    key = "entropy"
+    Options = EntropyConfig
+    order = 40  # last: it weighs the map the others have shaped
 
     def __init__(self, cfg: EntropyConfig) -> None:
         super().__init__()

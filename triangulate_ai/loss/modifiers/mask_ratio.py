@@ -4,13 +4,26 @@ so sparsely valid images are not drowned by full ones. Without a mask it changes
 
 from __future__ import annotations
 
+from typing import Optional
 
-from ...config import MaskRatioConfig
-from .base import Modifier
+from pydantic import Field
+
+from .base import Modifier, ModifierOptions
+
+
+class MaskRatioConfig(ModifierOptions):
+    power: float = Field(0.5, ge=0)
+    min_weight: float = Field(0.1, gt=0)
+    max_weight: float = Field(10.0, gt=0)
+    eps: float = Field(1e-8, gt=0)
+    mask_file: Optional[str] = None
 
 
 class MaskRatioWeight(Modifier):
     name = "MaskRatioWeight"
+    key = "mask_ratio"
+    Options = MaskRatioConfig
+    order = 20
     uses_mask = True
 
     def __init__(self, cfg: MaskRatioConfig) -> None:

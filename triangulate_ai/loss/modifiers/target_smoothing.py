@@ -8,12 +8,20 @@ import math
 
 from torchvision.transforms.functional import gaussian_blur
 
-from ...config import TargetSmoothingConfig
-from .base import Modifier
+from pydantic import Field
+
+from .base import Modifier, ModifierOptions
+
+
+class TargetSmoothingConfig(ModifierOptions):
+    sigma: float = Field(2.0, ge=0)
 
 
 class TargetSmoothing(Modifier):
     name = "TargetSmoothing"
+    key = "target_smoothing"
+    Options = TargetSmoothingConfig
+    order = 10  # first: it changes the target every later modifier and term sees
 
     def __init__(self, cfg: TargetSmoothingConfig) -> None:
         super().__init__()
