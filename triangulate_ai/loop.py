@@ -18,7 +18,7 @@ from .errors import UserError
 from .init import initial_triangles
 from .triangles import TriangleSet
 from .balance import BalanceContext
-from .objective import Objective
+from .objective import Objective, rate_setter
 from .raster import make_renderer
 
 
@@ -92,11 +92,10 @@ class Fitter:
             shared += [self.triangles.color_logits, self.triangles.opacity_logits]
         self.context = BalanceContext(shared_params=shared, iterations=cfg.optim.iterations or 0)
         groups = {group["name"]: group for group in self.optimizer.param_groups}
-        positions = groups.pop("positions")  # a schedule of its rate is scaled as the rate is
-        self.schedules = self.objective.schedules(
-            self.renderer, {f"optim.lr.{name}": g for name, g in groups.items()},
-            f"optim.lr.<positions|{'|'.join(groups)}>, render.scale",
-            {"render.scale": self._set_scale, "optim.lr.positions": lambda v: positions.__setitem__("lr", v * factor)})
+        rates = {f"optim.lr.{name}": rate_setter(group, factor if name == "positions" else 1.0)  # scaled as the rate
+                 for name, group in groups.items()}
+        self.schedules = self.objective.schedules(self.renderer, {**rates, "render.scale": self._set_scale},
+                                                  f"optim.lr.<{'|'.join(groups)}>, render.scale")
         self.densifier = Densifier(cfg, self.triangles, self.seeds)
         self.step = 0
         self.elapsed = 0.0  # seconds spent in run(), across resumes

@@ -70,18 +70,13 @@ class Objective:
         """The regulariser's per-scene penalty (unweighted), or None when its weight is 0."""
         return self.regularizer(vertices, height, width, live) if self.regularizer.weight > 0 else None
 
-    def schedules(self, renderer, lr_groups: dict[str, dict], own_hint: str,
-                  own: dict[str, Callable[[float], None]] | None = None) -> Schedules:
-        """The config's schedules, each bound to the live value it moves: a learning rate of the
-        loop's optimiser (`lr_groups`: its param groups by config path), another value the loop
-        owns (`own`: setters by path; both described by `own_hint` in the error), the render's
-        softness, or a part of this objective."""
-        own = own or {}
+    def schedules(self, renderer, own: dict[str, Callable[[float], None]], own_hint: str) -> Schedules:
+        """The config's schedules, each bound to the live value it moves: a value the loop owns
+        (`own`: setters by config path, such as its learning rates (`rate_setter`); described by
+        `own_hint` in the error), the render's softness, or a part of this objective."""
 
         def setter(path: str) -> Callable[[float], None]:
-            group = lr_groups.get(path)
-            found = (lambda v: group.__setitem__("lr", v)) if group is not None else \
-                own.get(path) or self.setter(path, renderer)
+            found = own.get(path) or self.setter(path, renderer)
             if found is None:
                 raise UserError(f"schedules: '{path}' cannot be scheduled; schedulable: {own_hint}, "
                                 f"{SCHEDULABLE_PARTS.format(loss_type=self.cfg.loss.type)}")
@@ -108,6 +103,12 @@ class Objective:
         if modifier is not None:
             return lambda v: setattr(modifier, parts[2], v)
         return None
+
+
+def rate_setter(group: dict, factor: float = 1.0) -> Callable[[float], None]:
+    """A setter of an optimiser param group's learning rate, for a schedule: the scheduled value
+    times `factor` (a rate given for another triangle count, say)."""
+    return lambda value: group.__setitem__("lr", value * factor)
 
 
 def check_term(name: str, term, target: torch.Tensor, mask: torch.Tensor | None) -> None:

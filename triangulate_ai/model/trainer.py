@@ -25,7 +25,7 @@ from ..balance import BalanceContext
 from ..balance.base import grad_norm
 from ..memory import estimate_bytes, require
 from ..metrics import Evaluator, flat_mean_psnr
-from ..objective import Objective
+from ..objective import Objective, rate_setter
 from ..raster import Scene, make_renderer
 from .config import ModelRunConfig
 from .data import TrainCrops, epoch_batches
@@ -105,7 +105,7 @@ class ModelTrainer:
             groups.append({"name": "balancer", "params": balancer.loop_parameters(), "lr": balancer.lr,
                            "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups, betas=tuple(cfg.train.betas))
-        network = self.optimizer.param_groups[0]
+        network = rate_setter(self.optimizer.param_groups[0])
         self.schedules = self.objective.schedules(self.renderer, {"train.lr": network}, "train.lr")
         self.step = 0
         self.elapsed = 0.0  # seconds of training steps, across resumes
