@@ -22,6 +22,8 @@ bench: $(STAMP)  # the figures in docs/ and the README, each into its committed 
 	$(PY) bench/quality.py --json bench/results/quality.json
 	$(PY) bench/quality.py --size 768 --json bench/results/quality_768.json
 	$(PY) bench/model.py --json bench/results/model.json
+	$(PY) bench/perceptual.py --json bench/results/perceptual.json
+	$(PY) bench/gpu.py --bins --json bench/results/bins.json
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

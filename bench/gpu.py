@@ -2,6 +2,11 @@
 fits, at batch 1 and 64. Prints JSON. Needs CUDA; without it, says so in one line and exits 0.
 
     python bench/gpu.py [--repeats 10] [--fit-iterations 50] [--cases 256x500,512x2000] [--batches 1,64]
+    python bench/gpu.py --bins --json bench/results/bins.json     # on any machine: the work per case
+
+--bins counts what the kernels get to do in each case (the binning runs on the CPU): (tile,
+triangle) pairs, pixel-pairs, pairs per pixel, the deepest tile, and the transmittance checkpoint
+rows of the Triton backward (one per CHUNK pairs of a tile), for docs/gpu.md's estimates.
 
 Render: translucent random triangles (opacity 0.1..0.9) like bench/render.py, L1 against a random
 target, median milliseconds per forward+backward after a warm-up call (the first Triton call
@@ -31,23 +36,45 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from triangulate_ai.api import prepare_target  # noqa: E402
+from triangulate_ai.provenance import provenance  # noqa: E402
 from triangulate_ai.config import RenderConfig, load_config  # noqa: E402
 from triangulate_ai.loop import Fitter  # noqa: E402
 from triangulate_ai.io import load_image  # noqa: E402
 from triangulate_ai.raster import Scene, make_renderer, nvdiffrast, triton  # noqa: E402
+from triangulate_ai.raster.base import support_radius  # noqa: E402
+from triangulate_ai.raster.binning import bin_triangles  # noqa: E402
 
 BACKENDS = ("triton", "nvdiffrast", "torch")
 DEVICE = "cuda"
 
 
-def random_scene(batch: int, count: int, size: float, seed: int = 0) -> Scene:
+BIN_CASES = ((256, 500, 8, 0.08), (512, 2000, 8, 0.08), (512, 2000, 16, 0.08), (256, 300, 8, 0.12))  # side, count,
+# tile, spread; the last is the size of the quickstart fit's triangles
+CHUNK = 16  # pairs per transmittance checkpoint (kernels/triton_raster.py)
+
+
+def random_scene(batch: int, count: int, size: float, seed: int = 0, device: str = DEVICE) -> Scene:
     """Triangles like the default random init: centres on the canvas, vertices within `size`."""
     g = torch.Generator().manual_seed(seed)
     centres = torch.rand(batch, count, 1, 2, generator=g)
     verts = centres + (torch.rand(batch, count, 3, 2, generator=g) - 0.5) * size
     scene = Scene(verts, torch.rand(batch, count, 3, generator=g), torch.rand(batch, count, generator=g) * 0.8 + 0.1,
                   torch.rand(batch, 3, generator=g))
-    return Scene(*(t.to(DEVICE).requires_grad_() for t in scene))
+    return Scene(*(t.to(device).requires_grad_() for t in scene))
+
+
+def bin_counts(side: int, count: int, tile: int, size: float, sigma: float = 0.3, cutoff: float = 1e-6) -> dict:
+    """What the tiled kernels get to do for one scene of this case (the binning, on the CPU)."""
+    scene = random_scene(1, count, size, device="cpu")
+    n_tiles = -(-side // tile)
+    tiles, _ = bin_triangles(scene.to_pixels(side, side).detach(), support_radius(sigma, cutoff), tile, n_tiles,
+                             n_tiles)
+    per_tile = torch.bincount(tiles, minlength=n_tiles * n_tiles)
+    return {"image": f"{side}x{side}", "triangles": count, "tile": tile, "spread": size,
+            "margin_px": round(support_radius(sigma, cutoff), 2), "pairs": int(tiles.numel()),
+            "pixel_pairs": int(tiles.numel()) * tile * tile,
+            "pairs_per_pixel": round(tiles.numel() * tile * tile / side**2, 2),
+            "deepest_tile": int(per_tile.max()), "checkpoint_rows": int((-(-per_tile // CHUNK)).sum())}
 
 
 def missing(backend: str) -> str | None:
@@ -126,7 +153,16 @@ def main() -> int:
     parser.add_argument("--cases", default="256x500,512x2000", help="comma-separated SIDExTRIANGLES (square)")
     parser.add_argument("--batches", default="1,64", help="comma-separated batch sizes")
     parser.add_argument("--size", type=float, default=0.08, help="triangle spread, fraction of the side")
+    parser.add_argument("--bins", action="store_true", help="only count the binning's work per case (CPU)")
+    parser.add_argument("--json", type=Path, help="with --bins: write the counts here too")
     args = parser.parse_args()
+    if args.bins:
+        counts = {**provenance(), "sigma": 0.3, "cutoff": 1e-6, "cases": [bin_counts(*case) for case in BIN_CASES]}
+        text = json.dumps(counts, indent=2)
+        print(text)
+        if args.json:
+            args.json.write_text(text + "\n")
+        return 0
     if not torch.cuda.is_available():
         print("bench/gpu.py: no CUDA device on this machine, nothing measured")
         return 0

@@ -5,14 +5,16 @@ Variants: the network input `resolution` (render and target resized, antialiased
 network), channels_last memory format, torch.compile of the feature extractor, and the thread
 count. Rounds interleave the variants (A B C ... A B C ...) so drift of a shared machine hits all
 of them alike; the median of each is reported with its ratio to `default`. Networks have random
-weights (speed does not depend on the values; runs offline). Prints a Markdown table.
+weights (speed does not depend on the values; runs offline). Prints a Markdown table; --json
+writes the figures with the date, machine, threads and commit (docs/configuration.md shows them).
 
-    python bench/perceptual.py [--batch 8] [--rounds 5] [--skip-compile]
+    python bench/perceptual.py [--batch 8] [--rounds 5] [--skip-compile] [--json bench/results/perceptual.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -26,6 +28,7 @@ import torch  # noqa: E402
 from triangulate_ai.loss.perceptual import LpipsTermConfig, VggTermConfig  # noqa: E402
 from triangulate_ai.loss.networks import clear_shared  # noqa: E402
 from triangulate_ai.loss.perceptual import LPIPSTerm, VGGPerceptual, lpips_network  # noqa: E402
+from triangulate_ai.provenance import provenance  # noqa: E402
 
 HEIGHT, WIDTH = 171, 256  # a Kodak image at the study's 256-px long side
 
@@ -61,6 +64,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-compile", action="store_true", help="leave out torch.compile (slow to build)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     threads = torch.get_num_threads()
     variants = {"default": dict(resolution=None, channels_last=False, compiled=False, threads=threads),
@@ -83,9 +87,15 @@ def main() -> int:
     print(f"VGG16 (relu1_2..relu4_3) + LPIPS-alex, random weights, forward+backward, batch {args.batch} of "
           f"{WIDTH}x{HEIGHT}, {threads} thread(s) unless named, median of {args.rounds} interleaved rounds\n")
     print("| variant | s/step | vs default |\n|---|---|---|")
+    figures = {}
     for name, values in times.items():
         median = statistics.median(values)
+        figures[name] = {"s_per_step": round(median, 4), "vs_default": round(median / base, 4), "rounds": values}
         print(f"| {name} | {median:.3f} | {median / base:.2f}x |")
+    if args.json:
+        summary = {**provenance(), "what": "VGG16 (relu1_2..relu4_3) + LPIPS-alex, random weights, forward+backward",
+                   "batch": args.batch, "image": f"{WIDTH}x{HEIGHT}", "rounds": args.rounds, "variants": figures}
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
     return 0
 
 
