@@ -122,3 +122,25 @@ def test_loss_term_costs_are_those_of_render_json():
     lpips = terms["lpips vgg"]["over_render_step"], terms["lpips alex"]["over_render_step"]
     assert f"vgg: {lpips[0]:.1f} x, alex: {lpips[1]:.2f} x" in page
     assert f"{render['loss_terms']['render_step_ms']:.1f} ms" in page and render["commit"] in page
+
+
+def test_perceptual_variants_are_those_of_perceptual_json():
+    bench = json.loads((RESULTS / "perceptual.json").read_text())
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    names = {"default": "default (full size, contiguous)", "resolution 128": "`resolution: 128`",
+             "channels_last": "channels_last", "torch.compile": "torch.compile of the VGG features",
+             "1 thread": "1 thread instead of 2"}
+    for key, row in bench["variants"].items():
+        assert f"| {names[key]} | {row['s_per_step']:.2f} | {row['vs_default']:.2f}x" in page, key
+    assert bench["date"] in page and bench["commit"] in page
+
+
+def test_gpu_work_counts_are_those_of_bins_json():
+    bench = json.loads((RESULTS / "bins.json").read_text())
+    page = (ROOT / "docs" / "gpu.md").read_text()
+    for case in bench["cases"]:
+        side = case["image"].split("x")[0]
+        row = (f"| {case['tile']} | {case['pairs']:,} | {case['pixel_pairs'] / 1e6:.2f} M "
+               f"| {case['pairs_per_pixel']:.1f} | {case['deepest_tile']} | {case['checkpoint_rows']:,} |").replace(",", " ")
+        assert f"{side}² / {case['triangles']}" in page and row in page, case
+    assert bench["date"] in page and bench["commit"] in page
