@@ -168,6 +168,26 @@ def test_respawn_moves_a_dead_triangle_to_the_largest_error_with_target_colour_a
         assert torch.equal(state["exp_avg_sq"][0, 3], torch.zeros_like(old[0, 0]))
 
 
+def test_a_large_image_is_placed_on_a_copy_of_at_most_placement_side_pixels(monkeypatch):
+    """The blob scene at 4x the size, placed on a copy 40 px wide: the new triangle still lands in
+    the red square, drawn from a 32 x 40 error map (the size placement saw)."""
+    import triangulate_ai.densify as densify
+
+    small, triangles = _blob_scene()
+    target = torch.nn.functional.interpolate(small, scale_factor=4, mode="nearest")  # 128 x 160
+    cfg = load_config(None, ["respawn.enabled=true", "respawn.error_power=8", "respawn.error_blur=1",
+                             "respawn.size=0.4", "triangles.count=4", "respawn.placement_side=40"])
+    seen = []
+    real = densify.best_triangles
+    monkeypatch.setattr(densify, "best_triangles", lambda render, target, *a: seen.append(target.shape) or
+                        real(render, target, *a))
+    optimizer = torch.optim.Adam(triangles.param_groups(cfg.optim.lr.model_dump()))
+    assert Densifier(cfg, triangles, seeds=[0])(triangles, optimizer, TiledRenderer(0.3), target, 0.1) == [1]
+    assert seen == [(3, 32, 40)]
+    centre = triangles.positions.detach()[0, 3].mean(dim=0) * torch.tensor([40.0, 32.0])
+    assert 26 <= centre[0] <= 38 and 2 <= centre[1] <= 14, centre
+
+
 def test_living_triangles_are_left_alone():
     target, triangles = _blob_scene()
     triangles.positions.data[0, 2] = torch.tensor([[0.6, 0.5], [0.9, 0.5], [0.7, 0.9]])

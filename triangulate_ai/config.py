@@ -250,6 +250,7 @@ class RespawnConfig(Section):
     error_blur: int = Field(2, ge=0)  # box-filter radius (px) of the error map positions are drawn from
     error_power: float = Field(2.0, ge=0)  # sampling density ~ blurred error ^ power
     candidates: int = Field(32, ge=1)  # random triangles tried per placement; the one removing most error wins
+    placement_side: int = Field(768, ge=16)  # px: larger images are placed on a copy area-averaged to this longer side
 
 
 class RegularizerConfig(Section):

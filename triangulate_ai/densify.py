@@ -6,8 +6,8 @@ over pixels of its compositing weight alpha x transmittance above it, which is d
 colour: one extra backward pass measures it for every renderer), or when its area is below
 `min_area` square pixels. Dead triangles (and, in progressive mode, the next batch of parked
 ones) are placed where they remove most error (the best of `candidates` random triangles drawn
-around the blurred error map, with the colour that fills each best: placement.py), on top of the
-paint order, and with their Adam moments reset, as 3D Gaussian Splatting does when it densifies.
+around the blurred error map, with the colour that fills each best: placement.py; on a copy of
+at most `placement_side` pixels on its longer side), on top of the paint order, and with their Adam moments reset, as 3D Gaussian Splatting does when it densifies.
 This is part of the loop (it changes parameters between steps), and deterministic for a seed:
 its random generator travels in the checkpoint.
 """
@@ -99,6 +99,11 @@ class Densifier:
     def _place(self, triangles: TriangleSet, optimizer: torch.optim.Optimizer, render: torch.Tensor,
                target: torch.Tensor, slots: list[torch.Tensor]) -> None:
         height, width = target.shape[-2:]
+        shrink = self.respawn.placement_side / max(height, width)
+        if shrink < 1:  # positions are shares of the sides: placing on a smaller copy places on the image
+            height, width = max(1, round(height * shrink)), max(1, round(width * shrink))
+            render, target = (torch.nn.functional.interpolate(t, size=(height, width), mode="area")
+                              for t in (render, target))
         count = triangles.count
         side = self.respawn.size * math.sqrt(height * width / count)  # pixels
         error = (render - target).abs().mean(dim=1, keepdim=True)
