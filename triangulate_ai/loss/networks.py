@@ -15,21 +15,23 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 from ..checkpoints import shorten
 from ..errors import UserError
 
-# torchvision architecture -> its ImageNet weights enum member
-IMAGENET_WEIGHTS = {
-    "vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
-    "vgg19": torchvision.models.VGG19_Weights.IMAGENET1K_V1,
-    "alexnet": torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
-    "squeezenet1_1": torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1,
-    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,  # model encoders (triangulate_ai.model)
-    "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
-}
+# torchvision architecture -> the name of its ImageNet weights in torchvision.models (resnets: model encoders)
+IMAGENET_WEIGHTS = {"vgg16": "VGG16_Weights", "vgg19": "VGG19_Weights", "alexnet": "AlexNet_Weights",
+                    "squeezenet1_1": "SqueezeNet1_1_Weights", "resnet18": "ResNet18_Weights",
+                    "resnet34": "ResNet34_Weights"}
+
+
+def imagenet_weights(arch: str):
+    """torchvision's ImageNet weights entry of `arch`. torchvision is imported here, when a
+    network is first built: a fit without one (L1, L2, SSIM) starts a second sooner."""
+    import torchvision
+
+    return getattr(torchvision.models, IMAGENET_WEIGHTS[arch]).IMAGENET1K_V1
 
 _SHARED: dict[tuple, nn.Module] = {}
 RANDOM_WEIGHTS_SEED = 0
@@ -46,7 +48,7 @@ def fixed_init():
 
 def weights_file(arch: str) -> Path:
     """Where torchvision keeps (and looks for) the ImageNet weights of `arch`."""
-    url = IMAGENET_WEIGHTS[arch].url
+    url = imagenet_weights(arch).url
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
@@ -58,7 +60,7 @@ def backbone_state(arch: str, weights: str, setting: str) -> dict[str, torch.Ten
         return None
     if weights == "imagenet":
         try:
-            return IMAGENET_WEIGHTS[arch].get_state_dict(progress=False, check_hash=True)
+            return imagenet_weights(arch).get_state_dict(progress=False, check_hash=True)
         except Exception as exc:  # offline, refused, or a broken partial file
             path = weights_file(arch)
             reason = " ".join(str(exc).split()) or type(exc).__name__

@@ -11,7 +11,6 @@ import warnings
 from typing import TYPE_CHECKING, Literal, Optional
 
 import torch
-import torchvision
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
@@ -121,6 +120,8 @@ class VGGPerceptual(LossTerm):
     def _build(self) -> nn.Sequential:
         with warnings.catch_warnings(), fixed_init():
             warnings.simplefilter("ignore")
+            import torchvision  # imported when first built (networks.imagenet_weights says why)
+
             model = getattr(torchvision.models, self.cfg.arch)(weights=None)
         features = model.features[: self.depth]
         for layer in features:

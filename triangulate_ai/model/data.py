@@ -13,17 +13,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 from ..errors import UserError
 from ..init import resolve_background
 from ..io import expand_images, load_image
 from .config import DataConfig
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 THUMBNAIL = 16
 
@@ -118,9 +121,11 @@ def split_sources(sources: list[Source], cfg: DataConfig, seed: int) -> Split:
     return Split([sources[i] for i in train], [sources[i] for i in val])
 
 
-def _crop_transform(cfg: DataConfig, flips: bool) -> v2.Compose:
+def _crop_transform(cfg: DataConfig, flips: bool) -> "v2.Compose":
     """A random region (a `scale` share of the area, a `ratio` aspect) resized to a square: a
     squashed region is still a picture for triangles, which any affine map keeps triangles."""
+    from torchvision.transforms import v2  # imported for training: loading a model for a fit does not need it
+
     steps = [v2.RandomResizedCrop(cfg.crop, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), antialias=True)]
     if flips and cfg.hflip:
         steps.append(v2.RandomHorizontalFlip())
@@ -129,7 +134,7 @@ def _crop_transform(cfg: DataConfig, flips: bool) -> v2.Compose:
     return v2.Compose(steps)
 
 
-def _seeded_crop(transform: v2.Compose, image: torch.Tensor, *key: int) -> torch.Tensor:
+def _seeded_crop(transform: "v2.Compose", image: torch.Tensor, *key: int) -> torch.Tensor:
     """The transform's crop of `image` with its random draws seeded by `key` (global RNG untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(hash(key) % (2**63))

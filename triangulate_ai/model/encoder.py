@@ -11,7 +11,6 @@ import warnings
 from abc import ABC, abstractmethod
 
 import torch
-import torchvision
 from torch import nn
 
 from ..loss.networks import backbone_state, load_into
@@ -77,6 +76,8 @@ class ResNetEncoder(Encoder):
         super().__init__()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            import torchvision  # imported when a resnet is built: a fit or a small_cnn model does not need it
+
             net = getattr(torchvision.models, arch)(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-from torchvision.transforms.functional import gaussian_blur
 
 from pydantic import Field
 
@@ -33,4 +32,11 @@ class TargetSmoothing(Modifier):
             return target
         kernel = 2 * math.ceil(3 * self.sigma) + 1
         return self.memo_for_target(target, self.sigma,
-                                    lambda: gaussian_blur(target, [kernel, kernel], [self.sigma, self.sigma]))
+                                    lambda: _blur()(target, [kernel, kernel], [self.sigma, self.sigma]))
+
+
+def _blur():
+    """torchvision's Gaussian blur, imported when first used (the config imports this module)."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    return gaussian_blur
