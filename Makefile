@@ -15,11 +15,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)  # the figures in docs/ and the README, each into its committed JSON (about 1 h 15 min)
+bench: $(STAMP)  # the figures in docs/ and the README, each into its committed JSON (about 1 h 35 min)
 	$(PY) bench/render.py --json bench/results/render.json
 	$(PY) bench/batch.py --terms l1 --json bench/results/batch.json
 	$(PY) bench/balancers.py --rounds 3 --json bench/results/balancers.json
-	$(PY) bench/quality.py --json bench/results/quality.json
+	$(PY) bench/quality.py --repeats 3 --json bench/results/quality.json
 	$(PY) bench/quality.py --size 768 --json bench/results/quality_768.json
 	$(PY) bench/model.py --json bench/results/model.json
 	$(PY) bench/perceptual.py --json bench/results/perceptual.json

@@ -12,14 +12,20 @@ primitive's figure is what it reached in the same 60 s of wall time.
     python bench/quality.py --size 768                       # at full size
     python bench/quality.py --counts 100 --budgets 15 --only kodim01 kodim23 --set respawn.every=25
     python bench/quality.py --iterations 2000                # equal steps instead of equal time
+    python bench/quality.py --repeats 3                      # every fit three times
 
-Prints a Markdown table and writes JSON (--json) with every figure.
+A fit under a time budget depends on how many steps the machine gives it (its schedules are shares
+of the budget), so the same settings land a few tenths of a dB apart from run to run. With
+--repeats R every image is fitted R times (the repeats interleaved: all images once, then again)
+and each image's figures are the mean of its R fits; the table also gives the spread of the R
+means over the images. Prints a Markdown table and writes JSON (--json) with every fit.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -52,6 +58,7 @@ def primitive_figures(size: int, count: int, budget: float | None) -> tuple[dict
 
 def run(images: list[Path], count: int, budget: float | None, iterations: int | None, config: Path,
         overrides: dict, size: int = 256) -> list[dict]:
+    """One fit of each image."""
     rows = []
     for path in images:
         started = time.perf_counter()
@@ -68,6 +75,19 @@ def run(images: list[Path], count: int, budget: float | None, iterations: int | 
     return rows
 
 
+def repeated(fits: list[list[dict]]) -> list[dict]:
+    """Per image, the mean of its fits (one list of rows per repeat), with every fit kept."""
+    rows = []
+    for same in zip(*fits):
+        row = {key: same[0][key] for key in ("image", "size", "triangles")}
+        for key in ("psnr", "ssim", "psnr_soft", "iterations", "loop_s", "wall_s"):
+            row[key] = statistics.mean(fit[key] for fit in same)
+        row["fits"] = [{key: fit[key] for key in ("psnr", "ssim", "iterations", "loop_s", "stopped_by")}
+                       for fit in same]
+        rows.append(row)
+    return rows
+
+
 def table(rows: list[dict], count: int, budget: str, reference: tuple[dict, float | None]) -> str:
     ref_images, ref_mean = reference
     names = [r["image"] for r in rows]
@@ -77,7 +97,7 @@ def table(rows: list[dict], count: int, budget: str, reference: tuple[dict, floa
     for r in rows:
         ref = ref_images.get(r["image"])
         compared = f"{ref['psnr']:.2f} | {r['psnr'] - ref['psnr']:+.2f}" if ref else "– | –"
-        lines.append(f"| {r['image']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {compared} | {r['iterations']} "
+        lines.append(f"| {r['image']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {compared} | {r['iterations']:.0f} "
                      f"| {r['loop_s']:.1f} |")
     mean_psnr = sum(r["psnr"] for r in rows) / len(rows)
     mean_ssim = sum(r["ssim"] for r in rows) / len(rows)
@@ -88,6 +108,10 @@ def table(rows: list[dict], count: int, budget: str, reference: tuple[dict, floa
     delta = f"**{mean_psnr - ref_psnr:+.2f}**" if ref_psnr is not None else "–"
     ref_text = f"{ref_psnr:.2f}" if ref_psnr is not None else "–"
     lines.append(f"| **mean** | **{mean_psnr:.2f}** | **{mean_ssim:.3f}** | {ref_text} | {delta} | | |")
+    repeats = len(rows[0].get("fits", [None]))
+    if repeats > 1:
+        means = [statistics.mean(r["fits"][i]["psnr"] for r in rows) for i in range(repeats)]
+        lines += ["", f"Means of the {repeats} repeats: " + ", ".join(f"{m:.2f}" for m in means) + " dB"]
     return "\n".join(lines)
 
 
@@ -101,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256, help="long side in pixels (Kodak's full size: 768)")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "quality.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--repeats", type=int, default=1, help="fits per image (interleaved); figures are means")
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args(argv)
     full = args.size != 256
@@ -116,13 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {key: safe_load(value) for key, _, value in (item.partition("=") for item in args.overrides)}
     out = {**provenance(), "size": args.size,
            "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
-           "overrides": overrides, "runs": []}
+           "overrides": overrides, "repeats": args.repeats, "runs": []}
     tables = []
     for i, count in enumerate(args.counts):
         budget = None if args.iterations else args.budgets[i]
         label = f"{args.iterations} steps" if args.iterations else f"{budget:g} s"
-        rows = run(images, count, budget, args.iterations, args.config, overrides, args.size)
-        out["runs"].append({"triangles": count, "budget": label, "rows": rows})
+        fits = [run(images, count, budget, args.iterations, args.config, overrides, args.size)
+                for _ in range(args.repeats)]
+        rows = repeated(fits) if args.repeats > 1 else fits[0]
+        entry = {"triangles": count, "budget": label, "rows": rows}
+        if args.repeats > 1:
+            entry["repeat_means"] = [statistics.mean(fit["psnr"] for fit in one) for one in fits]
+        out["runs"].append(entry)
         tables.append(table(rows, count, label, primitive_figures(args.size, count, budget)))
     print("\n\n".join(tables))
     if args.json:
