@@ -23,6 +23,7 @@ def test_fit_quality_figures_are_those_of_quality_json():
         for text in (readme, page):
             assert f"**{psnr:.2f}**" in text and f"**{psnr - reference:+.2f}**" in text, run["triangles"]
         assert " | ".join(f"{row['psnr']:.2f}" for row in run["rows"]) in page
+        assert all(f"{mean:.2f}" in page for mean in run.get("repeat_means", []))  # the spread is shown
     assert quality["date"][:10] in readme and quality["date"] in page and quality["commit"] in page
 
 
