@@ -75,3 +75,17 @@ def test_the_reported_error_is_the_solved_drawings():
     solved, error = solve_and_score(scene, target, 0.5)
     drawn = ReferenceRenderer(0.5)(solved, 24, 32)
     assert torch.allclose(error, ((drawn - target) ** 2).mean((1, 2, 3)), rtol=1e-4)
+
+
+def test_a_kept_background_stays_and_the_colours_are_solved_over_it():
+    scene = _scene(8)
+    target = ReferenceRenderer(0.5)(scene, 24, 32)
+    grey = scene._replace(colors=torch.full_like(scene.colors, 0.5))  # the true background, grey triangles
+    solved, error = solve_and_score(grey, target, 0.5, ridge=1e-9, keep_background=True)
+    assert torch.equal(solved.background, scene.background)
+    assert torch.allclose(ReferenceRenderer(0.5)(solved, 24, 32), target, atol=1e-5) and error.max() < 1e-9
+    wrong = grey._replace(background=1 - scene.background)  # kept even when another would fit better
+    solved, error = solve_and_score(wrong, target, 0.5, keep_background=True)
+    assert torch.equal(solved.background, wrong.background)
+    drawn = ReferenceRenderer(0.5)(solved, 24, 32)
+    assert torch.allclose(error, ((drawn - target) ** 2).mean((1, 2, 3)), rtol=1e-4)

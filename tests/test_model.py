@@ -446,6 +446,26 @@ def test_a_model_with_mirrors_keeps_the_mirrored_prediction_whose_solved_drawing
         assert torch.allclose(kept.colors[b], scored[best][0].colors[0], atol=1e-6)
 
 
+def test_a_model_with_solve_keeps_its_configured_background():
+    from triangulate_ai.colours import solve_colours
+    from triangulate_ai.model.network import SOLVE_SIGMA, TriangleModel
+
+    cfg = load_model_config(None, [*TINY, "model.solve=24", "triangles.learn_background=false"])
+    torch.manual_seed(0)
+    model = TriangleModel(cfg).eval()
+    images = torch.rand(2, 3, 36, 48)
+    with torch.no_grad():
+        solved = model(images)
+        model.solve = 0
+        plain = model(images)
+    assert torch.equal(solved.background, plain.background)  # the images' mean colour, as configured
+    small = torch.nn.functional.interpolate(images, size=(18, 24), mode="bilinear", antialias=True, align_corners=False)
+    for b in range(2):
+        alone = type(plain)(*(t[b:b + 1] for t in plain))
+        one = solve_colours(alone, small[b:b + 1], SOLVE_SIGMA, keep_background=True)
+        assert torch.allclose(solved.colors[b:b + 1], one.colors, atol=1e-6)
+
+
 def test_a_model_with_solve_gives_the_least_squares_colours_in_inference_only():
     from triangulate_ai.colours import solve_colours
     from triangulate_ai.model.network import SOLVE_SIGMA, TriangleModel

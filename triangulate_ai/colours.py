@@ -52,23 +52,32 @@ def normal_equations(scene: Scene, target: torch.Tensor, sigma: float) -> tuple[
     return weights @ weights.transpose(1, 2), weights @ pixels
 
 
-def solve_colours(scene: Scene, target: torch.Tensor, sigma: float, ridge: float = 1e-3) -> Scene:
+def solve_colours(scene: Scene, target: torch.Tensor, sigma: float, ridge: float = 1e-3,
+                  keep_background: bool = False) -> Scene:
     """`scene` with the colours and background that best draw `target` (B, 3, H, W) by least
-    squares, clamped to [0, 1]. `ridge` (a share of the mean weight per pixel) pulls a triangle
-    that covers almost nothing towards its present colour instead of to an arbitrary one."""
-    return solve_and_score(scene, target, sigma, ridge)[0]
+    squares, clamped to [0, 1]; with `keep_background`, the triangles' colours that best draw it
+    over the scene's own background. `ridge` (a share of the mean weight per pixel) pulls a
+    triangle that covers almost nothing towards its present colour instead of to an arbitrary one."""
+    return solve_and_score(scene, target, sigma, ridge, keep_background)[0]
 
 
-def solve_and_score(scene: Scene, target: torch.Tensor, sigma: float,
-                    ridge: float = 1e-3) -> tuple[Scene, torch.Tensor]:
+def solve_and_score(scene: Scene, target: torch.Tensor, sigma: float, ridge: float = 1e-3,
+                    keep_background: bool = False) -> tuple[Scene, torch.Tensor]:
     """solve_colours, and the (B,) mean squared error of each solved soft drawing against the
     target, from the same normal equations: |A^T c - y|^2 = y.y - 2 c.(A y) + c.(A A^T c)."""
     height, width = target.shape[-2:]
     gram, rhs = normal_equations(scene, target, sigma)
-    present = torch.cat([scene.colors, scene.background[:, None]], dim=1)  # (B, K, 3)
+    present = torch.cat([scene.colors, scene.background[:, None]], dim=1).to(gram.dtype)  # (B, K, 3)
     strength = ridge * height * width / gram.shape[-1]
-    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    solved = torch.linalg.solve(gram + strength * eye, rhs + strength * present).clamp(0, 1)
+    if keep_background:  # the background's part moves to the right-hand side
+        fixed = present[:, -1:]
+        system, known = gram[:, :-1, :-1], rhs[:, :-1] - gram[:, :-1, -1:] @ fixed
+        eye = torch.eye(system.shape[-1], dtype=gram.dtype, device=gram.device)
+        colours = torch.linalg.solve(system + strength * eye, known + strength * present[:, :-1]).clamp(0, 1)
+        solved = torch.cat([colours, fixed], dim=1)
+    else:
+        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+        solved = torch.linalg.solve(gram + strength * eye, rhs + strength * present).clamp(0, 1)
     squares = (target.to(gram.dtype) ** 2).sum((1, 2, 3)) - 2 * (solved * rhs).sum((1, 2)) + \
         torch.einsum("bki,bkl,bli->b", solved, gram, solved)
     error = squares.clamp_min(0) / (3 * height * width)

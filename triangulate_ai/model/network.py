@@ -93,8 +93,8 @@ class TriangleModel(nn.Module):
         return scene
 
     def _solved(self, scene: Scene, images: torch.Tensor) -> tuple[Scene, torch.Tensor]:
-        """The colours (and a learnt background) that best draw each image for the predicted shapes
-        and opacities, by least squares (colours.py), the image downscaled to `solve` px on its
+        """The colours (and a learnt background; a configured one stays) that best draw each image
+        for the predicted shapes and opacities, by least squares (colours.py), the image downscaled to `solve` px on its
         longer side, and the error of each solved soft drawing there; one image at a time, which
         bounds the memory of the dense coverage weights where the C++ kernel is missing."""
         height, width = images.shape[-2:]
@@ -102,10 +102,11 @@ class TriangleModel(nn.Module):
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         small = images if size == (height, width) else nn.functional.interpolate(
             images, size=size, mode="bilinear", antialias=True, align_corners=False)
-        parts = [solve_and_score(Scene(*(t[b:b + 1] for t in scene)), small[b:b + 1], SOLVE_SIGMA)
+        keep = not self.learn_background  # the configured background stays: colours are solved over it
+        parts = [solve_and_score(Scene(*(t[b:b + 1] for t in scene)), small[b:b + 1], SOLVE_SIGMA, keep_background=keep)
                  for b in range(images.shape[0])]
-        colours = torch.cat([p.colors for p, _ in parts])
-        background = torch.cat([p.background for p, _ in parts]) if self.learn_background else scene.background
+        colours = torch.cat([p.colors for p, _ in parts]).to(scene.colors.dtype)
+        background = torch.cat([p.background for p, _ in parts]).to(scene.background.dtype)
         return scene._replace(colors=colours, background=background), torch.cat([e for _, e in parts])
 
 
