@@ -58,6 +58,22 @@ def test_the_kernel_gives_the_dense_normal_equations():
     assert torch.allclose(gram.sum((1, 2)), torch.full((2,), 24.0 * 32, dtype=torch.float64))  # weights sum to 1
 
 
+@pytest.mark.skipif(unavailable_reason() is not None, reason="the C++ kernel is not built here")
+def test_the_kernel_counts_pixels_under_every_triangle():
+    """Every triangle covers the whole canvas, so each pixel has T + 1 weights (the most there can be)."""
+    g = torch.Generator().manual_seed(9)
+    verts = torch.tensor([[-1.0, -1.0], [3.0, -1.0], [-1.0, 3.0]], dtype=torch.float64).expand(1, 6, 3, 2)
+    scene = Scene(verts.contiguous(), torch.rand(1, 6, 3, generator=g, dtype=torch.float64),
+                  0.2 + 0.6 * torch.rand(1, 6, generator=g, dtype=torch.float64),
+                  torch.rand(1, 3, generator=g, dtype=torch.float64))
+    target = torch.rand(1, 3, 8, 10, generator=g, dtype=torch.float64)
+    gram, rhs = normal_equations(scene, target, 0.5)
+    weights = compositing_weights(scene, 8, 10, 0.5)
+    assert bool((weights > 0).all())
+    assert torch.allclose(gram, weights @ weights.transpose(1, 2), atol=1e-9)
+    assert torch.allclose(rhs, weights @ target.reshape(1, 3, -1).transpose(1, 2), atol=1e-9)
+
+
 def test_the_kernel_and_the_dense_weights_solve_alike_and_gradients_take_the_dense_path():
     scene = _scene(4)
     target = torch.rand(2, 3, 24, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(5))

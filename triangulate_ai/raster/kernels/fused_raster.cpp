@@ -892,7 +892,7 @@ std::vector<at::Tensor> colour_system(const at::Tensor& verts, const at::Tensor&
     const T s = static_cast<T>(sigma), reach = static_cast<T>(grow);
     at::parallel_for(0, b_count, 1, [&](int64_t lo, int64_t hi) {
       std::vector<T> alpha(pixels * n);
-      std::vector<int32_t> ids(n);
+      std::vector<int32_t> ids(n + 1);  // a pixel under every triangle, and the background
       std::vector<double> w(n + 1);
       for (int64_t b = lo; b < hi; ++b) {
         std::fill(alpha.begin(), alpha.end(), T(0));
