@@ -69,15 +69,13 @@ def solve_and_score(scene: Scene, target: torch.Tensor, sigma: float, ridge: flo
     gram, rhs = normal_equations(scene, target, sigma)
     present = torch.cat([scene.colors, scene.background[:, None]], dim=1).to(gram.dtype)  # (B, K, 3)
     strength = ridge * height * width / gram.shape[-1]
+    system, known, prior = gram, rhs, present
     if keep_background:  # the background's part moves to the right-hand side
-        fixed = present[:, -1:]
-        system, known = gram[:, :-1, :-1], rhs[:, :-1] - gram[:, :-1, -1:] @ fixed
-        eye = torch.eye(system.shape[-1], dtype=gram.dtype, device=gram.device)
-        colours = torch.linalg.solve(system + strength * eye, known + strength * present[:, :-1]).clamp(0, 1)
-        solved = torch.cat([colours, fixed], dim=1)
-    else:
-        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-        solved = torch.linalg.solve(gram + strength * eye, rhs + strength * present).clamp(0, 1)
+        system, known, prior = gram[:, :-1, :-1], rhs[:, :-1] - gram[:, :-1, -1:] @ present[:, -1:], present[:, :-1]
+    eye = torch.eye(system.shape[-1], dtype=gram.dtype, device=gram.device)
+    solved = torch.linalg.solve(system + strength * eye, known + strength * prior).clamp(0, 1)
+    if keep_background:
+        solved = torch.cat([solved, present[:, -1:]], dim=1)
     squares = (target.to(gram.dtype) ** 2).sum((1, 2, 3)) - 2 * (solved * rhs).sum((1, 2)) + \
         torch.einsum("bki,bkl,bli->b", solved, gram, solved)
     error = squares.clamp_min(0) / (3 * height * width)

@@ -66,7 +66,7 @@ class TriangleModel(nn.Module):
         parts = [mirrored_scene(Scene(*(t[i * batch:(i + 1) * batch] for t in scene)), *view)
                  for i, view in enumerate(views)]
         scene = Scene(*(torch.cat(ts) for ts in zip(*parts)))
-        scene, error = self._solved(scene, images.repeat(len(views), 1, 1, 1))
+        scene, error = self._solved(scene, images)
         best = error.view(len(views), batch).argmin(0) * batch + torch.arange(batch, device=error.device)
         return Scene(*(t[best] for t in scene))
 
@@ -94,17 +94,19 @@ class TriangleModel(nn.Module):
 
     def _solved(self, scene: Scene, images: torch.Tensor) -> tuple[Scene, torch.Tensor]:
         """The colours (and a learnt background; a configured one stays) that best draw each image
-        for the predicted shapes and opacities, by least squares (colours.py), the image downscaled to `solve` px on its
-        longer side, and the error of each solved soft drawing there; one image at a time, which
-        bounds the memory of the dense coverage weights where the C++ kernel is missing."""
+        for the predicted shapes and opacities, by least squares (colours.py), the image downscaled
+        to `solve` px on its longer side, and the error of each solved soft drawing there. Scene b
+        is solved against image b mod B (the scenes of mirrored views come in blocks of B); one at
+        a time, which bounds the memory of the dense coverage weights where the kernel is missing."""
         height, width = images.shape[-2:]
         scale = min(1.0, self.solve / max(height, width))
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         small = images if size == (height, width) else nn.functional.interpolate(
             images, size=size, mode="bilinear", antialias=True, align_corners=False)
         keep = not self.learn_background  # the configured background stays: colours are solved over it
-        parts = [solve_and_score(Scene(*(t[b:b + 1] for t in scene)), small[b:b + 1], SOLVE_SIGMA, keep_background=keep)
-                 for b in range(images.shape[0])]
+        count = images.shape[0]
+        parts = [solve_and_score(Scene(*(t[b:b + 1] for t in scene)), small[b % count:b % count + 1], SOLVE_SIGMA,
+                                 keep_background=keep) for b in range(scene.vertices.shape[0])]
         colours = torch.cat([p.colors for p, _ in parts]).to(scene.colors.dtype)
         background = torch.cat([p.background for p, _ in parts]).to(scene.background.dtype)
         return scene._replace(colors=colours, background=background), torch.cat([e for _, e in parts])
