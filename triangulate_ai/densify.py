@@ -7,7 +7,8 @@ colour: one extra backward pass measures it for every renderer), or when its are
 `min_area` square pixels. Dead triangles (and, in progressive mode, the next batch of parked
 ones) are placed where they remove most error (the best of `candidates` random triangles drawn
 around the blurred error map, with the colour that fills each best: placement.py; on a copy of
-at most `placement_side` pixels on its longer side), on top of the paint order, and with their Adam moments reset, as 3D Gaussian Splatting does when it densifies.
+at most `placement_side` pixels on its longer side), on top of the paint order, and with their
+Adam moments reset, as 3D Gaussian Splatting does when it densifies.
 This is part of the loop (it changes parameters between steps), and deterministic for a seed:
 its random generator travels in the checkpoint.
 """
