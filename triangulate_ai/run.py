@@ -3,6 +3,11 @@
 The recorder observes the loop (Fitter) and never changes it. Everything it writes goes through
 atomic writes, and its own state (GIF frames, elapsed time, initial metrics) travels in the
 checkpoint so that a resumed run ends with the same files as an uninterrupted one.
+
+The exported drawing is evaluated (resvg, PSNR/SSIM/LPIPS) in a background thread, from a copy of
+the triangles taken at the step it describes: at 6 megapixels one evaluation takes seconds, and
+the loop goes on meanwhile. Records wait in order for their evaluation; the few places that need
+a result (optim.target_psnr, a checkpoint, the end) wait for it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 import math
 import platform
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +39,9 @@ OUTPUTS = ("metrics.jsonl", "tensorboard", CHECKPOINT, "final.png", "compare.png
            "progress.gif", "summary.json")  # what a fit writes into its folder besides config.yaml
 CHECKPOINT_FORMAT = "triangulate_ai.checkpoint/2"  # 2: weights_only-loadable (frames as a uint8 tensor)
 GIF_MAX_SIDE = 256
+BOARD_MAX_SIDE = 1024  # TensorBoard images are area-averaged to this long side (a 6-MP PNG takes ~0.7 s)
+# one worker for every recorder of the process: evaluations run one at a time, beside the loop
+EVALUATIONS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate")
 
 
 def metric_series(folder: Path) -> dict[str, tuple[list[int], list[float]]]:
@@ -91,9 +100,16 @@ def check_recorder_state(state: dict, path: Path, height: int, width: int) -> No
             return  # no frame yet: a checkpoint of step 0
         checkpoints.tensor(torch.uint8, (None, *frame))(value, where)
 
-    initial = checkpoints.record(
+    metrics = checkpoints.record(
         {"psnr_initial": number(allow_inf=True), "ssim_initial": number(), "psnr_flat_mean": number(allow_inf=True)},
         optional={"lpips_initial": number(), "colour_shift_initial": number()})
+
+    def initial(value, where: str) -> None:
+        so_far = state["recorder"].get("frames")
+        at_start = torch.is_tensor(so_far) and so_far.numel() == 0
+        if not (at_start and isinstance(value, dict) and not value):
+            metrics(value, where)  # else {}: the start's evaluation had not finished (a checkpoint of step 0)
+
     spec = {"frames": frames, "elapsed": number(minimum=0), "initial": initial,
             "warnings": checkpoints.list_of(checkpoints.WARNING)}
     try:
@@ -126,16 +142,25 @@ class RunRecorder:
         self.frames: list[np.ndarray] = []
         self.elapsed = 0.0
         self._clock = time.perf_counter()
-        # evaluation of the parameters at the start of step `pending[0]`, logged with that step
-        self.pending = (0, self._evaluate(fitter))
-        self.initial = {**{f"{k}_initial": v for k, v in self.pending[1].items()},
-                        "psnr_flat_mean": flat_mean_psnr(self._mine(fitter.target))}
+        # evaluation (running) of the parameters at the start of step `pending[0]`, logged with that step
+        self.pending: tuple[int, Future] | None = (0, self._evaluate(fitter))
+        self._start, self._initial = self.pending[1], None
+        self._flat_mean = flat_mean_psnr(self._mine(fitter.target))
+        self.held: list[tuple[dict, bool, dict | None, float | None, Future | None]] = []  # records in order
         self.last: StepResult | None = None
         self.tb_cfg = cfg.log.tensorboard
         target_variance = float(self._mine(fitter.target).var(dim=(2, 3)).mean())
         self.files = RunFolder(folder, cfg.log, list(fitter.terms), target_variance, on_warning)
         self.final_drawing: np.ndarray | None = None  # set by finish()
         self.final_soft: np.ndarray | None = None
+
+    @property
+    def initial(self) -> dict[str, float]:
+        """The start's metrics (psnr_initial, ...), waiting for its evaluation if it still runs."""
+        if self._initial is None:
+            self._initial = {**{f"{k}_initial": v for k, v in self._start.result().items()},
+                             "psnr_flat_mean": self._flat_mean}
+        return self._initial
 
     # --- observing the loop -------------------------------------------------------------
     def _mine(self, batch: torch.Tensor) -> torch.Tensor:
@@ -151,11 +176,13 @@ class RunRecorder:
         evaluated = self.pending is not None and self.pending[0] == step
         if to_jsonl or to_board or evaluated or result.grad_norms or result.respawned is not None:
             record = {"step": step, **self._train_record(fitter, result)}
+            evaluation = self.pending[1] if evaluated else None
             if evaluated:
-                record.update({f"eval/{k}": v for k, v in self.pending[1].items()})
                 self.pending = None
-            self._emit(record, jsonl=to_jsonl or evaluated or bool(result.grad_norms) or result.respawned is not None,
-                       images=self._images(fitter, result), render=self._mine(result.render))
+            jsonl = to_jsonl or evaluated or bool(result.grad_norms) or result.respawned is not None
+            variance = float(self._mine(result.render)[:1].var(dim=(2, 3)).mean())
+            self.held.append((record, jsonl, self._images(fitter, result), variance, evaluation))
+        self._flush(wait=False)
         if step % self.gif_every == 0:
             self.frames.append(_gif_frame(self._full_size(result.render)))
         if done % self.eval_every == 0 and self._before_end(done):
@@ -177,10 +204,10 @@ class RunRecorder:
 
     def target_reached(self, fitter: Fitter) -> bool:
         """Whether the latest evaluation (of the parameters the next step starts from) reached
-        optim.target_psnr: the hard-edged export is checked every eval.every steps."""
+        optim.target_psnr: the hard-edged export is checked every eval.every steps (waiting for it)."""
         target = fitter.cfg.optim.target_psnr
         return target is not None and self.pending is not None and self.pending[0] == fitter.step \
-            and self.pending[1]["psnr"] >= target
+            and self.pending[1].result()["psnr"] >= target
 
     def _train_record(self, fitter: Fitter, result: StepResult) -> dict:
         b = self.scene
@@ -209,12 +236,22 @@ class RunRecorder:
             return None
         render = self._full_size(result.render)
         error = np.abs(render - self.target).mean(axis=-1, keepdims=True).repeat(3, axis=-1)
-        return {"images/render": render, "images/abs_error": np.clip(error * 2, 0, 1)}
+        images = {"images/render": render, "images/abs_error": np.clip(error * 2, 0, 1)}
+        shrink = BOARD_MAX_SIDE / max(render.shape[:2])
+        if shrink < 1:
+            size = tuple(max(1, round(side * shrink)) for side in render.shape[:2])
+            images = {key: to_numpy_image(torch.nn.functional.interpolate(
+                torch.from_numpy(image).permute(2, 0, 1)[None], size=size, mode="area")[0])
+                for key, image in images.items()}
+        return images
 
-    def _emit(self, record: dict, jsonl: bool = True, images=None, render: torch.Tensor | None = None) -> None:
-        """One step's record to metrics.jsonl, TensorBoard and the warning monitor."""
-        variance = None if render is None else float(render[:1].var(dim=(2, 3)).mean())
-        self.files.emit(record, jsonl, images, variance)
+    def _flush(self, wait: bool) -> None:
+        """Emit the held records, in order, up to the first whose evaluation still runs (all, if `wait`)."""
+        while self.held and (wait or self.held[0][4] is None or self.held[0][4].done()):
+            record, jsonl, images, variance, evaluation = self.held.pop(0)
+            if evaluation is not None:
+                record.update({f"eval/{k}": v for k, v in evaluation.result().items()})
+            self.files.emit(record, jsonl, images, variance)
 
     def _elapsed_now(self) -> float:
         return self.elapsed + time.perf_counter() - self._clock
@@ -225,12 +262,14 @@ class RunRecorder:
         numbers, strings, lists and dicts go in, so it loads with torch.load(weights_only=True)."""
         if self.folder is None:
             return
+        self._flush(wait=True)  # a resumed run keeps the lines logged before its checkpoint
         frames = torch.from_numpy(np.stack(self.frames)) if self.frames else \
             torch.zeros(0, dtype=torch.uint8, device="cpu")
         self.files.save_checkpoint({
             "format": CHECKPOINT_FORMAT,
             "fitter": scene_state(fitter, self.scene),  # this scene alone: an ordinary one-scene checkpoint
-            "recorder": {"frames": frames, "elapsed": self._elapsed_now(), "initial": self.initial,
+            "recorder": {"frames": frames, "elapsed": self._elapsed_now(),
+                         "initial": self.initial if self._initial is not None or self._start.done() else {},
                          "warnings": json.loads(json_text(self.warnings))},  # plain Python values only
             "version": __version__,
         })
@@ -248,16 +287,21 @@ class RunRecorder:
         lines logged after it are dropped, so they are not written twice."""
         rec = state["recorder"]
         self.frames = list(rec["frames"].cpu().numpy())
-        self.elapsed, self.initial = float(rec["elapsed"]), dict(rec["initial"])
+        self.elapsed, self._initial = float(rec["elapsed"]), dict(rec["initial"]) or None
         self._clock = time.perf_counter()
         self.pending = (fitter.step, self._evaluate(fitter)) if fitter.step % self.eval_every == 0 else None
+        if self._initial is None:  # a checkpoint of step 0 written before its evaluation ended
+            if fitter.step != 0:
+                raise UserError(f"{self.folder / CHECKPOINT}: checkpoint of step {fitter.step} without the start's "
+                                "metrics (recorder.initial is empty)")
+            self._start = self.pending[1]
         self.files.restore(rec.get("warnings", []), lambda record: record["step"] < fitter.step)
 
     # --- final outputs --------------------------------------------------------------------
-    def _evaluate(self, fitter: Fitter) -> dict[str, float]:
-        """Metrics of the current triangles as the exported SVG draws them."""
+    def _evaluate(self, fitter: Fitter) -> Future:
+        """Metrics of the current triangles as the exported SVG draws them (computed in the background)."""
         data = scene_to_dict(fitter.triangles.scene(), fitter.height, fitter.width, index=self.scene)
-        return self.evaluator(rasterize_svg(svg_from_dict(data)))
+        return EVALUATIONS.submit(lambda: self.evaluator(rasterize_svg(svg_from_dict(data))))
 
     @property
     def warnings(self) -> list[dict]:
@@ -269,6 +313,10 @@ class RunRecorder:
         fitter stopped this scene, if it did so on an error."""
         error = error if error is not None else fitter.errors[self.scene]
         wall = self._elapsed_now()
+        if self.pending is not None:  # an evaluation for a step that will not come
+            self.pending[1].cancel()
+            self.pending = None
+        self._flush(wait=True)
         self.save_checkpoint(fitter)
         b = self.scene
         with torch.no_grad():
@@ -287,9 +335,10 @@ class RunRecorder:
             save_png(self.folder / "final.png", hard)
             save_png(self.folder / "compare.png", comparison_sheet(self.target, hard))
             write_atomic(self.folder / "progress.gif", gif_bytes(self.frames + [_gif_frame(hard)]))
+        soft_quality = EVALUATIONS.submit(self.evaluator, soft)  # beside the drawing's (SSIM frees the GIL)
         quality = self.evaluator(hard)
-        soft_quality = self.evaluator(soft)
-        self._emit({"step": fitter.steps_done(b), **{f"eval/{k}": v for k, v in quality.items()}})
+        soft_quality = soft_quality.result()
+        self.files.emit({"step": fitter.steps_done(b), **{f"eval/{k}": v for k, v in quality.items()}})
         self.files.close()
         cfg = fitter.cfg
         networks = cfg.network_weights()
