@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -40,8 +42,19 @@ OUTPUTS = ("metrics.jsonl", "tensorboard", CHECKPOINT, "final.png", "compare.png
 CHECKPOINT_FORMAT = "triangulate_ai.checkpoint/2"  # 2: weights_only-loadable (frames as a uint8 tensor)
 GIF_MAX_SIDE = 256
 BOARD_MAX_SIDE = 1024  # TensorBoard images are area-averaged to this long side (a 6-MP PNG takes ~0.7 s)
+
+
+def _yield_to_the_loop() -> None:
+    """Lower the evaluation thread's priority (Linux nices threads one by one), so that on a
+    machine whose cores the loop keeps busy it takes the time the loop leaves."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: the same priority as the loop
+        pass
+
+
 # one worker for every recorder of the process: evaluations run one at a time, beside the loop
-EVALUATIONS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate")
+EVALUATIONS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate", initializer=_yield_to_the_loop)
 
 
 def metric_series(folder: Path) -> dict[str, tuple[list[int], list[float]]]:
