@@ -324,6 +324,7 @@ def test_a_training_killed_before_its_first_checkpoint_resumes_from_step_0(data,
 @pytest.mark.parametrize("values, message", [
     (["optim.iterations=5"], "'optim' is a setting of per-image fits"),
     (["render.scale=0.5"], "'render.scale' is a setting of per-image fits"),
+    (["render.samples=2"], "'render.samples' is a setting of per-image fits"),
     (["train.epoch=3"], "unknown key 'train.epoch'; did you mean 'epochs'?"),
     (["schedules={model.lr: {type: linear, start_value: 1, end_value: 0, end_step: 2}}"],
      "schedules: 'model.lr' cannot be scheduled"),

@@ -114,6 +114,7 @@ class _RenderSection(Section):
     sigma: float = Field(0.3, gt=0)  # pixels of the working resolution
     scale: float = Field(1.0, gt=0, le=1)  # working resolution of a fit: a share of the image's sides (a pyramid
     #                                        when scheduled: coarse steps first, each costing a fraction)
+    samples: int = Field(1, ge=1, le=4)  # k: a fit's steps draw k x k samples per pixel and average them
 
 
 RenderConfig = create_model("RenderConfig", __base__=_RenderSection, __module__=__name__,

@@ -73,6 +73,7 @@ class Fitter:
             raise ValueError(f"{len(self.seeds)} seeds for {self.batch} scenes")
         self.height, self.width = target.shape[-2:]
         self.scale = cfg.render.scale  # working resolution, moved by a render.scale schedule
+        self.samples = cfg.render.samples  # k x k samples per pixel, moved by a render.samples schedule
         self._levels: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.triangles = start.to(target.device) if start is not None else TriangleSet.cat([
             initial_triangles(cfg.triangles, target[b:b + 1].cpu(), background[b:b + 1].cpu(),
@@ -94,8 +95,9 @@ class Fitter:
         groups = {group["name"]: group for group in self.optimizer.param_groups}
         rates = {f"optim.lr.{name}": rate_setter(group, factor if name == "positions" else 1.0)  # scaled as the rate
                  for name, group in groups.items()}
-        self.schedules = self.objective.schedules(self.renderer, {**rates, "render.scale": self._set_scale},
-                                                  f"optim.lr.<{'|'.join(groups)}>, render.scale")
+        self.schedules = self.objective.schedules(
+            self.renderer, {**rates, "render.scale": self._set_scale, "render.samples": self._set_samples},
+            f"optim.lr.<{'|'.join(groups)}>, render.scale, render.samples")
         self.densifier = Densifier(cfg, self.triangles, self.seeds)
         self.step = 0
         self.elapsed = 0.0  # seconds spent in run(), across resumes
@@ -156,6 +158,11 @@ class Fitter:
             raise UserError(f"schedules: render.scale must be in (0, 1], the schedule gives {value}")
         self.scale = value
 
+    def _set_samples(self, value: float) -> None:
+        if value not in (1, 2, 3, 4):
+            raise UserError(f"schedules: render.samples must be 1, 2, 3 or 4, the schedule gives {value}")
+        self.samples = int(value)
+
     def working_size(self) -> tuple[int, int]:
         """(h, w) the steps render at: the image's size times render.scale, at least 1 pixel."""
         return max(1, round(self.height * self.scale)), max(1, round(self.width * self.scale))
@@ -171,9 +178,13 @@ class Fitter:
         return self._levels[size]
 
     def render(self, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """The soft render of every scene, at the image's size or at `size` (h, w)."""
+        """The soft render of every scene, at the image's size or at `size` (h, w): with
+        render.samples k, drawn k times finer (sigma in pixels of that grid) and area-averaged, as an
+        anti-aliasing rasterizer covers pixels (a sliver thinner than a pixel covers it partly)."""
         height, width = size or (self.height, self.width)
-        return self.renderer(self.triangles.scene(), height, width)
+        k = self.samples
+        drawn = self.renderer(self.triangles.scene(), height * k, width * k)
+        return drawn if k == 1 else torch.nn.functional.avg_pool2d(drawn, k)
 
     def train_step(self) -> StepResult:
         progress = self.progress()

@@ -33,11 +33,21 @@ def tiles_per_triangle(cfg: Config, height: int, width: int) -> float:
     return per_axis ** 2
 
 
+def most_samples(cfg: Config) -> int:
+    """The largest render.samples of a fit, its schedule's included (steps draw k times finer)."""
+    schedule = cfg.schedules.get("render.samples")
+    values = [cfg.render.samples] if schedule is None else \
+        [*schedule.values, *(v for v in (schedule.start_value, schedule.end_value) if v is not None)]
+    return max(1, math.ceil(max(values)))
+
+
 def estimate_bytes(cfg: Config, batch: int, height: int, width: int, renderer: Renderer | None = None) -> int:
-    """Peak memory of a fit step: triangles and optimiser state, and the renderer's buffers."""
+    """Peak memory of a fit step: triangles and optimiser state, and the renderer's buffers (on
+    the grid render.samples makes k times finer)."""
     count = cfg.triangles.count * batch
     renderer = renderer or make_renderer(cfg.render, "cpu")
-    drawing = renderer.step_bytes(count, batch, height, width, tiles_per_triangle(cfg, height, width))
+    k = most_samples(cfg)
+    drawing = renderer.step_bytes(count, batch, height * k, width * k, tiles_per_triangle(cfg, height * k, width * k))
     return int(BASELINE_BYTES + count * BYTES_PER_TRIANGLE + drawing)
 
 

@@ -24,6 +24,7 @@ FIT_ONLY = {
     "eval.every": "a model is validated every epoch",
     "log.gif_every": "a model's training writes no progress GIF",
     "render.scale": "a model is trained at data.crop and validated at the pictures' size",
+    "render.samples": "a model's training draws one sample per pixel",
     **{f"triangles.{key}": "the model's head places the triangles (model.head)"
        for key in ("init", "model", "size", "colors", "opacity", "structure_uniform", "progressive")},
 }
