@@ -20,7 +20,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -55,6 +55,15 @@ def _yield_to_the_loop() -> None:
 
 # one worker for every recorder of the process: evaluations run one at a time, beside the loop
 EVALUATIONS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate", initializer=_yield_to_the_loop)
+
+
+class _Held(NamedTuple):
+    """A step's record waiting for its evaluation (or for an earlier record's) before it is emitted."""
+    record: dict
+    jsonl: bool
+    images: dict[str, np.ndarray] | None
+    variance: float  # the render's colour variance, for the warning monitor
+    evaluation: Future | None  # the export's metrics of this step, if it is an evaluation step
 
 
 def metric_series(folder: Path) -> dict[str, tuple[list[int], list[float]]]:
@@ -118,10 +127,8 @@ def check_recorder_state(state: dict, path: Path, height: int, width: int) -> No
         optional={"lpips_initial": number(), "colour_shift_initial": number()})
 
     def initial(value, where: str) -> None:
-        so_far = state["recorder"].get("frames")
-        at_start = torch.is_tensor(so_far) and so_far.numel() == 0
-        if not (at_start and isinstance(value, dict) and not value):
-            metrics(value, where)  # else {}: the start's evaluation had not finished (a checkpoint of step 0)
+        if not (isinstance(value, dict) and not value):  # {}: the start's evaluation had not finished (a
+            metrics(value, where)                         # checkpoint of step 0; RunRecorder.restore checks the step)
 
     spec = {"frames": frames, "elapsed": number(minimum=0), "initial": initial,
             "warnings": checkpoints.list_of(checkpoints.WARNING)}
@@ -159,7 +166,7 @@ class RunRecorder:
         self.pending: tuple[int, Future] | None = (0, self._evaluate(fitter))
         self._start, self._initial = self.pending[1], None
         self._flat_mean = flat_mean_psnr(self._mine(fitter.target))
-        self.held: list[tuple[dict, bool, dict | None, float | None, Future | None]] = []  # records in order
+        self.held: list[_Held] = []  # records in step order
         self.last: StepResult | None = None
         self.tb_cfg = cfg.log.tensorboard
         target_variance = float(self._mine(fitter.target).var(dim=(2, 3)).mean())
@@ -193,8 +200,8 @@ class RunRecorder:
             if evaluated:
                 self.pending = None
             jsonl = to_jsonl or evaluated or bool(result.grad_norms) or result.respawned is not None
-            variance = float(self._mine(result.render)[:1].var(dim=(2, 3)).mean())
-            self.held.append((record, jsonl, self._images(fitter, result), variance, evaluation))
+            variance = float(self._mine(result.render).var(dim=(2, 3)).mean())
+            self.held.append(_Held(record, jsonl, self._images(fitter, result), variance, evaluation))
         self._flush(wait=False)
         if step % self.gif_every == 0:
             self.frames.append(_gif_frame(self._full_size(result.render)))
@@ -260,11 +267,11 @@ class RunRecorder:
 
     def _flush(self, wait: bool) -> None:
         """Emit the held records, in order, up to the first whose evaluation still runs (all, if `wait`)."""
-        while self.held and (wait or self.held[0][4] is None or self.held[0][4].done()):
-            record, jsonl, images, variance, evaluation = self.held.pop(0)
-            if evaluation is not None:
-                record.update({f"eval/{k}": v for k, v in evaluation.result().items()})
-            self.files.emit(record, jsonl, images, variance)
+        while self.held and (wait or self.held[0].evaluation is None or self.held[0].evaluation.done()):
+            held = self.held.pop(0)
+            if held.evaluation is not None:
+                held.record.update({f"eval/{k}": v for k, v in held.evaluation.result().items()})
+            self.files.emit(held.record, held.jsonl, held.images, held.variance)
 
     def _elapsed_now(self) -> float:
         return self.elapsed + time.perf_counter() - self._clock
