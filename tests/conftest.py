@@ -46,3 +46,15 @@ QUICK = [
     "--set", "eval.lpips.weights=random",
     "--set", "eval.every=20",
 ]
+
+
+def quick_fitter(*extra: str, height: int = 32, width: int = 40, batch: int = 1):
+    """A Fitter with the QUICK settings (and `extra` dotted overrides) on `batch` copies of a
+    smooth_image, and that image as (H, W, 3) floats."""
+    from triangulate_ai.config import load_config
+    from triangulate_ai.loop import Fitter
+
+    cfg = load_config(None, [QUICK[i + 1] for i in range(0, len(QUICK), 2)] + list(extra))
+    target_np = smooth_image(height, width).astype(np.float32) / 255
+    target = torch.from_numpy(target_np).permute(2, 0, 1)[None].repeat(batch, 1, 1, 1)
+    return Fitter(cfg, target, target.mean(dim=(2, 3))), target_np

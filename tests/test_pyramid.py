@@ -10,24 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from triangulate_ai.config import load_config
 from triangulate_ai.errors import UserError
-from triangulate_ai.loop import Fitter
 from triangulate_ai.metrics import Evaluator
 from triangulate_ai.progress import ProgressBar
 from triangulate_ai.run import METRICS, RunRecorder
 
-from .conftest import QUICK, smooth_image
+from .conftest import quick_fitter as _fitter
 
 PYRAMID = "schedules={render.scale: {type: piecewise, milestones: [10, 20], values: [0.25, 0.5, 1.0]}}"
-
-
-def _fitter(*extra, height=32, width=40, batch=1):
-    sets = [QUICK[i + 1] for i in range(0, len(QUICK), 2)] + list(extra)
-    cfg = load_config(None, sets)
-    target_np = smooth_image(height, width).astype(np.float32) / 255
-    target = torch.from_numpy(target_np).permute(2, 0, 1)[None].repeat(batch, 1, 1, 1)
-    return Fitter(cfg, target, target.mean(dim=(2, 3))), target_np
 
 
 def test_a_step_at_half_scale_renders_and_scores_at_half_the_size():

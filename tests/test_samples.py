@@ -15,15 +15,13 @@ from triangulate_ai.memory import estimate_bytes
 from triangulate_ai.raster import Scene
 from triangulate_ai.triangles import _logit
 
-from .conftest import QUICK, smooth_image
+from .conftest import quick_fitter
 
 SAMPLES = "schedules={render.samples: {type: piecewise, milestones: [3], values: [1, 2]}}"
 
 
-def _fitter(*extra, height=24, width=32):
-    cfg = load_config(None, [QUICK[i + 1] for i in range(0, len(QUICK), 2)] + list(extra))
-    target = torch.from_numpy(smooth_image(height, width).astype(np.float32) / 255).permute(2, 0, 1)[None]
-    return Fitter(cfg, target, target.mean(dim=(2, 3)))
+def _fitter(*extra: str) -> Fitter:
+    return quick_fitter(*extra, height=24, width=32)[0]
 
 
 def _slivers(fitter: Fitter) -> Scene:
