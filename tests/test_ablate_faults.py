@@ -103,6 +103,44 @@ def test_two_runners_on_one_folder_fit_each_run_exactly_once(tmp_path):
     assert _fits(stdout["A"]) + _fits(stdout["B"]) == 6, stdout
 
 
+def test_ctrl_c_ends_the_running_fit_and_starts_no_other(tmp_path):
+    """Ctrl-C in the terminal (SIGINT to the runner's process group) while the first of four
+    tasks runs: that fit saves and ends, the three others are never started (one of them already
+    waits in the pool's queue), and the runner reports every run and exits 130."""
+    import os
+    import signal
+
+    config = _ablation(tmp_path, "local")
+    data = yaml.safe_load(config.read_text())
+    data["set"]["optim.iterations"] = 10**7  # a fit that does not end by itself in the test's life
+    config.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "triangulate_ai.experiments.ablate", "--config", str(config), "--workers", "1",
+               "--batch-size", "1"]
+    runner = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)  # its own process group, as a terminal's job is
+    deadline = time.monotonic() + 300  # a guard against hanging, not a speed limit
+    try:
+        while not list(out.glob("*/*/metrics.jsonl")):
+            assert runner.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(runner.pid, signal.SIGINT)
+        while runner.poll() is None:
+            assert time.monotonic() < deadline, "the runner went on after Ctrl-C"
+            time.sleep(0.1)
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait()
+    stdout, stderr = runner.communicate()
+    assert runner.returncode == EXIT_INTERRUPTED, stderr
+    started = [folder for folder in out.glob("*/*") if (folder / "metrics.jsonl").exists()]
+    assert len(started) == 1 and (started[0] / "checkpoint.pt").is_file()
+    lines = [line for line in stdout.splitlines() if line.startswith("  ")]
+    assert len(lines) == 4 and sum(line.endswith(": interrupted (resumes on the next run)") for line in lines) == 1
+    assert sum(": not started: the ablation was interrupted" in line for line in lines) == 3, stdout
+
+
 def test_a_missing_image_stops_the_ablation_before_anything_is_written(tmp_path, capsys):
     config = _ablation(tmp_path, "local", images=("a.png", "missing.png"))
     assert main(["--config", str(config)]) == 2

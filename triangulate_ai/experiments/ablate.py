@@ -150,7 +150,8 @@ def exit_code_of(outcomes: list[dict]) -> int:
     if failed:
         print(f"error: {failed} of {len(outcomes)} runs failed (see failed.json in their folders)",
               file=sys.stderr, flush=True)
-    if any(o["skipped"] is None and o["exit_code"] == EXIT_INTERRUPTED for o in outcomes):
+    if any(o["skipped"] == "stopped" or (o["skipped"] is None and o["exit_code"] == EXIT_INTERRUPTED)
+           for o in outcomes):
         return EXIT_INTERRUPTED
     return 1 if failed else 0
 

@@ -26,6 +26,9 @@ LOCKS = ".locks"
 
 
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+# In a pool worker (its initializer makes it False): whether Ctrl-C was seen there, so the tasks that
+# reach the worker later start nothing. None elsewhere: a process that is not a worker never latches.
+_interrupted: bool | None = None
 
 
 def lock_path(output: Path, run: PlannedRun) -> Path:
@@ -58,6 +61,8 @@ def run_batch(runs: list[PlannedRun], threads: int, locks: list[str]) -> list[di
     is left alone (a fresh fit would delete its folder), resumable ones continue alone (their
     checkpoints may be at other steps), fresh ones share one loop. Returns only folders and
     outcomes (see `_outcome`): results are read from the folders, never from here."""
+    if _interrupted:
+        return [{"folder": str(run.folder), **_outcome(skipped="stopped")} for run in runs]
     import torch
 
     torch.set_num_threads(max(1, threads))
@@ -72,18 +77,25 @@ def run_batch(runs: list[PlannedRun], threads: int, locks: list[str]) -> list[di
                 (run.folder / "failed.json").unlink(missing_ok=True)
         fresh = [run for run in mine if states[run.folder] == "todo"]
         codes: dict[str, int] = {}
-        if fresh:
-            codes = _fit(fresh[0], resume=False) if len(fresh) == 1 else _fit_batch(fresh)
-        for run in mine:
-            if states[run.folder] == "resumable":
-                codes.update(_fit(run, resume=True))
+        try:
+            if fresh:
+                codes = _fit(fresh[0], resume=False) if len(fresh) == 1 else _fit_batch(fresh)
+            for run in mine:
+                if states[run.folder] == "resumable" and not _interrupted:
+                    codes.update(_fit(run, resume=True))
+        except KeyboardInterrupt:  # a second Ctrl-C aborts the fit
+            _note_interrupt()
+            raise
         outcomes.update({folder: _outcome(code) for folder, code in codes.items()})
+        outcomes.update({str(run.folder): _outcome(skipped="stopped") for run in mine
+                         if states[run.folder] == "resumable" and str(run.folder) not in codes})
     return [{"folder": str(run.folder), **outcomes[str(run.folder)]} for run in runs]
 
 
-def _outcome(exit_code: int | None = None, skipped: Literal["busy", "finished"] | None = None) -> dict:
+def _outcome(exit_code: int | None = None, skipped: Literal["busy", "finished", "stopped"] | None = None) -> dict:
     """What became of a run in a task: the exit code of its fit here, or why it was not fitted
-    here (busy: another runner holds it; finished: another runner finished it meanwhile)."""
+    here (busy: another runner holds it; finished: another runner finished it meanwhile;
+    stopped: the ablation was interrupted before it started)."""
     return {"exit_code": exit_code, "skipped": skipped}
 
 
@@ -106,6 +118,8 @@ def _fit_batch(runs: list[PlannedRun]) -> dict[str, int]:
             results = batch.execute_all(should_stop=stop.requested)
     except Exception as exc:  # a crash in the loop: every run of the batch failed with it
         return {str(r.folder): _failed(r, 1, f"{type(exc).__name__}: {exc}") for r in runs}
+    if stop.requested():  # the loop took a Ctrl-C as its stop
+        _note_interrupt()
     codes = {}
     for run, result in zip(runs, results):
         error = result.metrics["error"]
@@ -124,6 +138,8 @@ def _fit(run: PlannedRun, resume: bool) -> dict[str, int]:
         cfg = run.load_config()
         with stop:
             result = Run(cfg, run.folder, resume=resume, overwrite=True).execute(should_stop=stop.requested)
+        if stop.requested():  # the fit took a Ctrl-C as its stop
+            _note_interrupt()
         return {folder: 0 if result.completed else EXIT_INTERRUPTED}
     except UserError as exc:
         return {folder: _failed(run, exc.exit_code, str(exc))}
@@ -140,9 +156,25 @@ def _failed(run: PlannedRun, code: int, error: str) -> int:
     return code
 
 
+def _start_worker(parent: int) -> None:
+    """Pool-worker initializer: Ctrl-C between fits is noted (a fit notes its own), and the
+    worker ends with the runner."""
+    global _interrupted
+    _interrupted = False
+    signal.signal(signal.SIGINT, _note_interrupt)
+    _die_with_parent(parent)
+
+
+def _note_interrupt(*signal_args) -> None:
+    """Latch the worker's Ctrl-C (a signal handler, and called after a fit that stopped on it)."""
+    global _interrupted
+    if _interrupted is not None:
+        _interrupted = True
+
+
 def _die_with_parent(parent: int) -> None:
-    """Pool-worker initializer: end this worker when the runner ends, however it ends (kill -9
-    included), so no orphan keeps fitting or spinning on its cores."""
+    """End this worker when the runner ends, however it ends (kill -9 included), so no orphan
+    keeps fitting or spinning on its cores."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -187,12 +219,19 @@ def execute(runs: list[PlannedRun], executor: ExecutorConfig, output: Path) -> l
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+    # Ctrl-C in the terminal reaches the workers too: their fits save and end; the runner then
+    # cancels the tasks not started (a worker refuses the one already queued to it) and reports
+    with StopRequest() as stop, ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                                    initializer=_start_worker, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(run_batch, task, threads, [str(lock_path(output, r)) for r in task]): task
                    for task in tasks}
         for future in as_completed(futures):
-            done(futures[future], future.result())
+            task = futures[future]
+            done(task, [{"folder": str(r.folder), **_outcome(skipped="stopped")} for r in task]
+                 if future.cancelled() else future.result())
+            if stop.requested():
+                for other in futures:
+                    other.cancel()
     return outcomes
 
 
@@ -249,7 +288,8 @@ def estimate(runs: list[PlannedRun], executor: ExecutorConfig, steps: int = 3, w
     return "\n".join(lines)
 
 
-SKIPPED = {"busy": "skipped: another runner is working on it", "finished": "ok: finished by another runner"}
+SKIPPED = {"busy": "skipped: another runner is working on it", "finished": "ok: finished by another runner",
+           "stopped": "not started: the ablation was interrupted (runs on the next run)"}
 
 
 def _report(run: PlannedRun, result: dict) -> None:
