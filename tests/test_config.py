@@ -75,6 +75,10 @@ def test_override_can_drop_a_term_only_if_another_remains():
     ("optim: {betas: [0.9, 1.5]}\n", r"^{f}: optim.betas = \[0.9, 1.5\]: betas must be two numbers"),
     ("- a\n- b\n", r"^{f}: the top level must be a mapping"),
     ("render: {sigma: [\n", r"^{f}: not valid YAML"),
+    ("loss: {terms: {l2: {start_iter: 10, target_iter: 5}}}\n",
+     r"^{f}: loss.terms.l2.target_iter = 5: target_iter must be 0 \(no ramp\) or >= start_iter$"),
+    ("loss: {terms: {lpips: {start_iter: 10, target_iter: 5}}}\n",
+     r"^{f}: loss.terms.lpips.target_iter = 5: target_iter must be 0 \(no ramp\) or >= start_iter$"),
 ])
 def test_bad_config_names_file_key_and_value(tmp_path, text, expected):
     path = tmp_path / "bad.yaml"

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..section import Section
 from .networks import backbone_state, fixed_init, load_into, shared
-from .terms import LossTerm, TermConfig
+from .terms import LossTerm, TermConfig, ramp_order
 
 if TYPE_CHECKING:
     import lpips
@@ -77,6 +77,8 @@ class LpipsTermConfig(LpipsConfig):
     start_iter: int = Field(0, ge=0)
     target_iter: int = Field(0, ge=0)
     resolution: Optional[int] = Field(None, ge=16)  # longer side the network sees (None: the image's)
+
+    _ramp_order = field_validator("target_iter")(ramp_order)
 
 
 def _masked(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -17,6 +17,14 @@ from ..section import Section
 REGISTRY: dict[str, type["LossTerm"]] = {}  # loss.terms key -> the class, filled as the classes are defined
 
 
+def ramp_order(target: int, info: ValidationInfo) -> int:
+    """A term's target_iter: 0 (no ramp) or not before its start_iter. The validator of every
+    term's options, LPIPS's too (whose options have another base)."""
+    if target and target < info.data.get("start_iter", 0):
+        raise ValueError("target_iter must be 0 (no ramp) or >= start_iter")
+    return target
+
+
 class TermConfig(Section):
     """What every term has: its weight, and its ramp (0 before start_iter, up to 1 at target_iter)."""
 
@@ -24,12 +32,7 @@ class TermConfig(Section):
     start_iter: int = Field(0, ge=0)
     target_iter: int = Field(0, ge=0)
 
-    @field_validator("target_iter")
-    @classmethod
-    def _ramp_order(cls, target: int, info: ValidationInfo) -> int:
-        if target and target < info.data.get("start_iter", 0):
-            raise ValueError("target_iter must be 0 (no ramp) or >= start_iter")
-        return target
+    _ramp_order = field_validator("target_iter")(ramp_order)
 
 
 class LossTerm(ABC):
