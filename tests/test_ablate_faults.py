@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -107,9 +109,6 @@ def test_ctrl_c_ends_the_running_fit_and_starts_no_other(tmp_path):
     """Ctrl-C in the terminal (SIGINT to the runner's process group) while the first of four
     tasks runs: that fit saves and ends, the three others are never started (one of them already
     waits in the pool's queue), and the runner reports every run and exits 130."""
-    import os
-    import signal
-
     config = _ablation(tmp_path, "local")
     data = yaml.safe_load(config.read_text())
     data["set"]["optim.iterations"] = 10**7  # a fit that does not end by itself in the test's life

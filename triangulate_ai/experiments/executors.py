@@ -62,7 +62,7 @@ def run_batch(runs: list[PlannedRun], threads: int, locks: list[str]) -> list[di
     checkpoints may be at other steps), fresh ones share one loop. Returns only folders and
     outcomes (see `_outcome`): results are read from the folders, never from here."""
     if _interrupted:
-        return [{"folder": str(run.folder), **_outcome(skipped="stopped")} for run in runs]
+        return _not_started(runs)
     import torch
 
     torch.set_num_threads(max(1, threads))
@@ -97,6 +97,11 @@ def _outcome(exit_code: int | None = None, skipped: Literal["busy", "finished", 
     here (busy: another runner holds it; finished: another runner finished it meanwhile;
     stopped: the ablation was interrupted before it started)."""
     return {"exit_code": exit_code, "skipped": skipped}
+
+
+def _not_started(runs: list[PlannedRun]) -> list[dict]:
+    """The outcomes of a task the interrupted ablation did not start (cancelled or refused)."""
+    return [{"folder": str(run.folder), **_outcome(skipped="stopped")} for run in runs]
 
 
 def _fit_batch(runs: list[PlannedRun]) -> dict[str, int]:
@@ -227,8 +232,7 @@ def execute(runs: list[PlannedRun], executor: ExecutorConfig, output: Path) -> l
                    for task in tasks}
         for future in as_completed(futures):
             task = futures[future]
-            done(task, [{"folder": str(r.folder), **_outcome(skipped="stopped")} for r in task]
-                 if future.cancelled() else future.result())
+            done(task, _not_started(task) if future.cancelled() else future.result())
             if stop.requested():
                 for other in futures:
                     other.cancel()
